@@ -1,0 +1,292 @@
+"""Spawn, signal and inspect job processes: the only module that does.
+
+The daemon owns every clock and decision; this module only acts.
+
+POSIX: a job runs under a tiny ``/bin/sh`` *waiting parent* (the wrapper) started
+in a new session, so the wrapper's pid is also the process group id and
+``killpg`` reaches the whole tree. The wrapper runs the job's shell as its child,
+then writes the exit code plus a newline to ``exit_path`` and exits with the same
+code — so the code survives a daemon restart without a Python interpreter per job.
+
+- TERM to the group: the job stops, and the wrapper (which catches TERM only to
+  outlive the job) records 128+15. KILL ends the wrapper too and nothing is
+  recorded; the daemon records its own kills. A job killed by a signal nobody
+  here sent is recorded as 128+N, as a shell reports it.
+- Every job process carries ``FILEREXEC_RUN_ID``; on Linux ``terminate``/``kill``
+  also signal processes with that run id that left the group (setsid, double fork).
+
+Windows: the job's shell runs in a new process group and ``taskkill /T /F`` ends
+the tree; there is no waiting parent, so only ``Child.wait`` (the daemon's waiter
+thread) writes the exit file: a job that ends while the daemon is down has no
+recorded code there and becomes ``lost``. ``terminate`` is ``kill`` on Windows
+(console jobs have no graceful tree signal).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PureWindowsPath
+
+import psutil
+
+logger = logging.getLogger(__name__)
+
+RUN_ID_VAR = "FILEREXEC_RUN_ID"
+_NT = os.name == "nt"
+_CREATE_NEW_PROCESS_GROUP = 0x00000200  # subprocess's constant exists only on Windows
+_START_TOLERANCE = 0.05  # seconds; psutil start times are clock-tick (10 ms) precise
+_OUT_FLAGS: int = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+                   | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOINHERIT", 0))
+
+# $1 is the exit file, the rest the job's argv. The caught TERM is reset to the
+# default in the job (so the group's TERM still stops it) and the shell runs the
+# trap only once its foreground job has ended. printf is a builtin: no extra fork,
+# and "N\n" lands in one write, so a reader never mistakes a partial file.
+_WRAPPER = """f=$1; shift
+trap : TERM
+"$@"
+c=$?
+printf '%d\\n' "$c" >"$f"
+exit "$c"
+"""
+
+
+class SpawnError(OSError):
+    """A job could not be started; ``str(error)`` is a sentence for its status file."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Launch:
+    """Everything needed to start one run of a job."""
+
+    run_id: str                      # unique per run, e.g. "20261128T060102-ab12cd"
+    commands: tuple[str, ...]        # run in order in one shell; the first failure ends it
+    output_path: Path                # the job writes its output straight into this file
+    exit_path: Path                  # the waiting parent records the exit code here
+    shell: str | None = None         # None: /bin/sh (cmd.exe on Windows); a name or a path
+    cwd: str | None = None           # None: the user's home; "~" is expanded
+    env: Mapping[str, str] = field(default_factory=dict)  # on top of os.environ
+    stdout: bool = True              # False: the job's stdout goes to the null device
+    stderr: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Handle:
+    """Finds a job's process again, even after a daemon restart (kept in the ledger)."""
+
+    pid: int
+    create_time: float  # psutil start time: a reused pid never matches it
+
+
+class Child:
+    """A job this daemon spawned: its ``handle`` and a blocking ``wait``."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], handle: Handle, exit_path: Path) -> None:
+        self._popen = popen
+        self._exit_path = exit_path
+        self.handle = handle
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until the job ends and return its exit code (128+N if signal N ended it).
+
+        Raises ``subprocess.TimeoutExpired`` if ``timeout`` passes first.
+        """
+        code = self._popen.wait(timeout)
+        code = 128 - code if code < 0 else code
+        if _NT:  # no waiting parent there: record it here, while we still know it
+            self._exit_path.write_text(f"{code}\n")
+        return code
+
+    def poll(self) -> int | None:
+        """The exit code if the job has ended (and is reaped now), else None."""
+        return None if self._popen.poll() is None else self.wait()
+
+
+def script(commands: tuple[str, ...], shell: str | None) -> list[str]:
+    """The argv that runs ``commands`` in order in one shell, stopping at the first failure.
+
+    Pure: the shell is named as given ("/bin/sh" or "cmd.exe" for None); ``spawn``
+    resolves it. Blank items are dropped; one command is passed through unchanged.
+    POSIX shells get ``{ ITEM\\n} || exit $?`` per item, so a failing line ends the
+    script with its own code and later lines do not run.
+    """
+    items = [c for c in commands if c.strip()]
+    name = shell or ("cmd.exe" if _NT else "/bin/sh")
+    kind = _kind(name)
+    if kind == "cmd":
+        return [name, "/d", "/s", "/c", " && ".join(items)]
+    if kind == "powershell":
+        check = "if (-not $?) { if ($LASTEXITCODE) { exit $LASTEXITCODE }; exit 1 }"
+        body = items[0] if len(items) == 1 else "".join(f"{c}\n{check}\n" for c in items)
+        return [name, "-NoProfile", "-NonInteractive", "-Command", body]
+    # The newline before "}" ends a trailing comment or here-document in the item.
+    body = items[0] if len(items) == 1 else "".join(f"{{ {c}\n}} || exit $?\n" for c in items)
+    return [name, "-c", body]
+
+
+def spawn(launch: Launch) -> Child:
+    """Start a run in its own process group, its output appended to ``launch.output_path``.
+
+    Raises ``SpawnError`` with a readable message when the working directory or the
+    shell does not exist or the output file cannot be opened.
+    """
+    cwd = os.path.expanduser(launch.cwd or "~")
+    if not os.path.isdir(cwd):
+        what = "is not a directory" if os.path.exists(cwd) else "does not exist"
+        raise SpawnError(f"working directory {launch.cwd or cwd} {what}")
+    env = {**os.environ, **launch.env, RUN_ID_VAR: launch.run_id}
+    argv = script(launch.commands, launch.shell)
+    found = shutil.which(os.path.expanduser(argv[0]), path=env.get("PATH"))
+    if found is None:
+        raise SpawnError(f"shell '{launch.shell or argv[0]}' not found")
+    argv[0] = found
+    if not launch.exit_path.parent.is_dir():
+        raise SpawnError(f"state directory {launch.exit_path.parent} does not exist")
+    try:
+        launch.exit_path.unlink(missing_ok=True)  # an old record must not pass for this run's
+        fd = os.open(launch.output_path, _OUT_FLAGS, 0o600)
+    except OSError as e:
+        raise SpawnError(f"cannot open output file {launch.output_path}: {e.strerror}") from e
+    try:
+        os.lseek(fd, 0, os.SEEK_END)  # Windows children ignore the CRT's O_APPEND emulation
+        out = fd if launch.stdout else subprocess.DEVNULL
+        err = fd if launch.stderr else subprocess.DEVNULL
+        if _NT:
+            popen = subprocess.Popen(_nt_command_line(argv), stdin=subprocess.DEVNULL,
+                                     stdout=out, stderr=err, cwd=cwd, env=env,
+                                     creationflags=_CREATE_NEW_PROCESS_GROUP)
+        else:
+            popen = subprocess.Popen(
+                ["/bin/sh", "-c", _WRAPPER, "filerexec-run", str(launch.exit_path), *argv],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=cwd, env=env,
+                start_new_session=True)
+    except OSError as e:
+        raise SpawnError(f"cannot start {argv[0]}: {e.strerror or e}") from e
+    finally:
+        os.close(fd)  # the job has its own copy; holding ours would only leak it
+    try:
+        started = psutil.Process(popen.pid).create_time()
+    except psutil.Error:
+        started = 0.0  # it has already ended (not even a zombie left): never alive again
+    logger.debug("run %s started as pid %d: %r", launch.run_id, popen.pid, argv)
+    return Child(popen, Handle(popen.pid, started), launch.exit_path)
+
+
+def alive(handle: Handle) -> bool:
+    """True if the handle's process exists, is not a zombie and started when recorded."""
+    try:
+        proc = psutil.Process(handle.pid)
+        return (abs(proc.create_time() - handle.create_time) <= _START_TOLERANCE
+                and proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:  # gone, or not ours to inspect: either way not ours to signal
+        return False
+
+
+def read_exit(exit_path: Path) -> int | None:
+    """The exit code recorded in ``exit_path``; None if none is (completely) recorded yet."""
+    try:
+        data = exit_path.read_bytes()
+    except OSError:
+        return None
+    if not data.endswith(b"\n"):
+        return None
+    try:
+        return int(data)
+    except ValueError:
+        return None
+
+
+def terminate(handle: Handle, run_id: str) -> None:
+    """Ask the run's whole tree to stop (SIGTERM); returns at once."""
+    if _NT:
+        _nt_taskkill(handle)
+    else:
+        _signal_tree(handle, run_id, signal.SIGTERM)
+
+
+def kill(handle: Handle, run_id: str) -> None:
+    """Kill the run's whole tree (SIGKILL); returns at once."""
+    if _NT:
+        _nt_taskkill(handle)
+    else:
+        _signal_tree(handle, run_id, signal.SIGKILL)
+
+
+def _signal_tree(handle: Handle, run_id: str, sig: signal.Signals) -> None:
+    group = alive(handle)  # never signal a group whose leader's pid was reused
+    if group:
+        try:
+            os.killpg(handle.pid, sig)
+        except ProcessLookupError:
+            group = False
+    # Carriers of the run id: escapees, and group members left after the leader died.
+    for pid in _carriers(run_id):
+        try:
+            if group and os.getpgid(pid) == handle.pid:
+                continue  # already signalled once; some programs treat a second as "force"
+            os.kill(pid, sig)
+            logger.info("run %s: sent %s to pid %d outside its group", run_id, sig.name, pid)
+        except OSError:
+            continue
+
+
+def _carriers(run_id: str) -> list[int]:
+    """Pids other than ours whose environment carries ``run_id`` (Linux; best-effort)."""
+    if not sys.platform.startswith("linux"):
+        return []
+    needle = f"{RUN_ID_VAR}={run_id}".encode()
+    me = os.getpid()  # a daemon started by a job inherits the job's run id
+    found = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in names:
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    found.append(int(name))
+        except OSError:  # another user's process, or gone meanwhile
+            continue
+    return found
+
+
+def _kind(shell: str) -> str:
+    """"cmd", "powershell" or "posix", from the shell's file name on either platform."""
+    name = PureWindowsPath(shell).name.lower().removesuffix(".exe")
+    if name == "cmd":
+        return "cmd"
+    return "powershell" if name in ("powershell", "pwsh") else "posix"
+
+
+def _nt_command_line(argv: list[str]) -> str:
+    """The Windows command line for ``argv``.
+
+    cmd.exe ignores list2cmdline's backslash escapes; with /s it runs everything
+    between the first and the last quote verbatim, so the script is only wrapped.
+    """
+    if _kind(argv[0]) == "cmd":
+        return f'{subprocess.list2cmdline(argv[:-1])} "{argv[-1]}"'
+    return subprocess.list2cmdline(argv)
+
+
+def _nt_taskkill_argv(pid: int, system_root: str) -> list[str]:
+    # By absolute path: a taskkill.exe on PATH or in the current folder must not run as us.
+    exe = PureWindowsPath(system_root, "System32", "taskkill.exe")
+    return [str(exe), "/T", "/F", "/PID", str(pid)]
+
+
+def _nt_taskkill(handle: Handle) -> None:
+    if alive(handle):
+        argv = _nt_taskkill_argv(handle.pid, os.environ.get("SYSTEMROOT", r"C:\Windows"))
+        subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=False, timeout=30)

@@ -1,0 +1,304 @@
+"""filerexec.process with real processes and real files (POSIX), plus pure argv builders."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from filerexec import process
+from filerexec.process import (
+    Child,
+    Handle,
+    Launch,
+    SpawnError,
+    alive,
+    kill,
+    read_exit,
+    script,
+    spawn,
+    terminate,
+)
+from tests.util import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+posix_only = pytest.mark.skipif(os.name == "nt", reason="POSIX process groups")
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc scan")
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def launch(tmp_path: Path, *commands: str, **kw: Any) -> Launch:
+    return Launch(run_id=f"test-{uuid.uuid4().hex[:12]}", commands=commands,
+                  output_path=tmp_path / "out.log", exit_path=tmp_path / "exit", **kw)
+
+
+@pytest.fixture
+def start() -> Iterator[Callable[[Launch], Child]]:
+    """spawn(), with every child killed and reaped even when a test fails halfway."""
+    spawned: list[tuple[Child, str]] = []
+
+    def _start(lc: Launch) -> Child:
+        child = spawn(lc)
+        spawned.append((child, lc.run_id))
+        return child
+
+    yield _start
+    for child, run_id in spawned:
+        kill(child.handle, run_id)
+        child.wait(10)
+
+
+def run(lc: Launch) -> tuple[int, str]:
+    code = spawn(lc).wait(10)
+    return code, lc.output_path.read_text()
+
+
+def gone(pid: int) -> bool:
+    # A reparented process may stay a zombie when the container's init does not reap.
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+# --- exit codes and command lists -------------------------------------------------
+
+@posix_only
+@pytest.mark.parametrize("code", [0, 3])
+def test_exit_code_is_recorded_and_returned(tmp_path: Path, code: int) -> None:
+    lc = launch(tmp_path, f"exit {code}")
+    assert run(lc)[0] == code
+    assert read_exit(lc.exit_path) == code
+
+
+@posix_only
+def test_list_stops_at_first_failing_line(tmp_path: Path) -> None:
+    code, out = run(launch(tmp_path, "echo one", "(exit 4)", "echo three"))
+    assert (code, out) == (4, "one\n")
+
+
+@posix_only
+def test_list_runs_every_line_in_one_shell(tmp_path: Path) -> None:
+    code, out = run(launch(tmp_path, "X=1  # a comment", "", "echo $X", "echo two"))
+    assert (code, out) == (0, "1\ntwo\n")
+
+
+def test_read_exit_ignores_missing_partial_and_garbage(tmp_path: Path) -> None:
+    f = tmp_path / "exit"
+    assert read_exit(f) is None
+    f.write_bytes(b"12")
+    assert read_exit(f) is None
+    f.write_bytes(b"oops\n")
+    assert read_exit(f) is None
+    f.write_bytes(b"12\n")
+    assert read_exit(f) == 12
+
+
+# --- output ---------------------------------------------------------------------------
+
+@posix_only
+@pytest.mark.parametrize(("stdout", "stderr", "expected"), [
+    (True, True, "old\nout\nerr\n"), (False, True, "old\nerr\n"),
+    (True, False, "old\nout\n"), (False, False, "old\n")])
+def test_output_flags_and_appending(tmp_path: Path, stdout: bool, stderr: bool,
+                                    expected: str) -> None:
+    lc = launch(tmp_path, "echo out; echo err >&2", stdout=stdout, stderr=stderr)
+    lc.output_path.write_text("old\n")
+    assert run(lc) == (0, expected)
+
+
+@posix_only
+def test_big_output_goes_straight_to_the_file(tmp_path: Path) -> None:
+    lc = launch(tmp_path, "head -c 20971520 /dev/zero")
+    assert spawn(lc).wait(10) == 0
+    assert lc.output_path.stat().st_size == 20971520
+
+
+# --- killing --------------------------------------------------------------------------
+
+@posix_only
+def test_terminate_kills_the_whole_tree(tmp_path: Path, start: Callable[[Launch], Child]) -> None:
+    lc = launch(tmp_path, "sleep 300 & sleep 300; wait")
+    child = start(lc)
+    leader = psutil.Process(child.handle.pid)
+    wait_for(lambda: [p.name() for p in leader.children(recursive=True)].count("sleep") == 2,
+             what="both sleeps")
+    pids = [child.handle.pid, *(p.pid for p in leader.children(recursive=True))]
+    assert len(pids) >= 4  # wrapper, job shell, two sleeps
+    terminate(child.handle, lc.run_id)
+    assert child.wait(10) == 143
+    assert read_exit(lc.exit_path) == 143
+    wait_for(lambda: all(gone(p) for p in pids), what="every process of the tree gone")
+
+
+@posix_only
+def test_kill_reaches_a_job_that_ignores_term(tmp_path: Path,
+                                              start: Callable[[Launch], Child]) -> None:
+    # The wrapper outlives TERM, so the leader stays alive() and KILL still goes to the group.
+    lc = launch(tmp_path, "trap 'echo got-term' TERM; while :; do sleep 0.05; done")
+    child = start(lc)
+    wait_for(lambda: psutil.Process(child.handle.pid).children(), what="job shell")
+    terminate(child.handle, lc.run_id)
+    wait_for(lambda: "got-term" in lc.output_path.read_text(), what="TERM delivered")
+    assert alive(child.handle)
+    kill(child.handle, lc.run_id)
+    assert child.wait(10) == 137
+    assert read_exit(lc.exit_path) is None  # KILL leaves no record; the daemon keeps its own
+
+
+@linux_only
+@pytest.mark.skipif(shutil.which("setsid") is None, reason="needs setsid")
+@pytest.mark.parametrize("stop", [terminate, kill])
+def test_escaped_process_is_signalled(tmp_path: Path, start: Callable[[Launch], Child],
+                                      stop: Callable[[Handle, str], None]) -> None:
+    pidfile = tmp_path / "escapee"
+    lc = launch(tmp_path, f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 300' & wait")
+    child = start(lc)
+    pid = wait_for(lambda: int(pidfile.read_text() or 0) if pidfile.exists() else 0,
+                   what="escapee pid")
+    wait_for(lambda: psutil.Process(pid).name() == "sleep", what="escapee exec")
+    assert os.getsid(pid) != child.handle.pid  # it really left the session
+    stop(child.handle, lc.run_id)
+    child.wait(10)
+    wait_for(lambda: gone(pid), what="escaped sleep gone")
+
+
+@posix_only
+def test_wrong_create_time_is_never_signalled(monkeypatch: pytest.MonkeyPatch) -> None:
+    sleeper = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        handle = Handle(sleeper.pid, psutil.Process(sleeper.pid).create_time() - 1.0)
+        assert not alive(handle)
+        sent: list[tuple[int, int]] = []
+        real_kill, real_killpg = os.kill, os.killpg
+
+        def spy_kill(pid: int, sig: int) -> None:
+            sent.append((pid, sig))
+            real_kill(pid, sig)
+
+        def spy_killpg(pid: int, sig: int) -> None:
+            sent.append((pid, sig))
+            real_killpg(pid, sig)
+
+        monkeypatch.setattr(os, "kill", spy_kill)
+        monkeypatch.setattr(os, "killpg", spy_killpg)
+        terminate(handle, f"test-{uuid.uuid4().hex}")
+        kill(handle, f"test-{uuid.uuid4().hex}")
+        assert sent == []
+        assert sleeper.poll() is None
+        assert alive(Handle(sleeper.pid, psutil.Process(sleeper.pid).create_time()))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+@posix_only
+def test_zombie_is_not_alive() -> None:
+    p = subprocess.Popen(["true"])
+    try:
+        proc = psutil.Process(p.pid)
+        handle = Handle(p.pid, proc.create_time())
+        wait_for(lambda: proc.status() == psutil.STATUS_ZOMBIE, what="zombie")
+        assert not alive(handle)
+    finally:
+        p.wait()
+
+
+# --- surviving the daemon -------------------------------------------------------------
+
+@posix_only
+def test_exit_code_recorded_after_the_spawner_is_gone(tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    code = (
+        "import sys; from pathlib import Path; from filerexec.process import Launch, spawn\n"
+        "c = spawn(Launch(run_id='t', commands=(sys.argv[1],),"
+        " output_path=Path(sys.argv[2]), exit_path=Path(sys.argv[3])))\n"
+        "print(c.handle.pid)\n")
+    job = f"while [ ! -e {go} ]; do sleep 0.02; done; exit 5"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code, job, str(tmp_path / "out"),
+                           str(tmp_path / "exit")], env=env, capture_output=True, text=True,
+                          check=True, timeout=20)
+    pid = int(done.stdout)
+    assert not gone(pid)  # the spawner has exited; the wrapper still waits for the job
+    assert read_exit(tmp_path / "exit") is None
+    go.touch()
+    assert wait_for(lambda: read_exit(tmp_path / "exit"), what="exit code") == 5
+
+
+# --- cwd, env, shell --------------------------------------------------------------------
+
+@posix_only
+def test_cwd_env_and_run_id(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    lc = launch(tmp_path, 'pwd; echo "$FOO $FILEREXEC_RUN_ID"', cwd=str(tmp_path / "d"),
+                env={"FOO": "bar"})
+    code, out = run(lc)
+    assert code == 0
+    assert out.splitlines() == [str((tmp_path / "d").resolve()), f"bar {lc.run_id}"]
+
+
+@posix_only
+@pytest.mark.parametrize("cwd", [None, "~"])
+def test_cwd_defaults_to_home(tmp_path: Path, cwd: str | None) -> None:
+    code, out = run(launch(tmp_path, "pwd -P", cwd=cwd))
+    assert (code, out) == (0, os.path.realpath(os.path.expanduser("~")) + "\n")
+
+
+@posix_only
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_shell_bash(tmp_path: Path) -> None:
+    assert run(launch(tmp_path, "[[ -n $BASH_VERSION ]] && echo bash", shell="bash")) == (
+        0, "bash\n")
+
+
+def test_bad_cwd_is_a_readable_error(tmp_path: Path) -> None:
+    with pytest.raises(SpawnError, match=r"^working directory ~/nope-\w+ does not exist$"):
+        spawn(launch(tmp_path, "true", cwd=f"~/nope-{uuid.uuid4().hex}"))
+    (tmp_path / "file").touch()
+    with pytest.raises(SpawnError, match="is not a directory"):
+        spawn(launch(tmp_path, "true", cwd=str(tmp_path / "file")))
+
+
+def test_unknown_shell_is_a_readable_error(tmp_path: Path) -> None:
+    with pytest.raises(SpawnError, match=r"^shell 'no-such-shell-x' not found$"):
+        spawn(launch(tmp_path, "true", shell="no-such-shell-x"))
+    with pytest.raises(SpawnError, match=r"^shell '/nope/zsh' not found$"):
+        spawn(launch(tmp_path, "true", shell="/nope/zsh"))
+
+
+# --- pure argv builders ---------------------------------------------------------------
+
+def test_script_posix() -> None:
+    assert script(("ls -l",), None) == ["/bin/sh", "-c", "ls -l"]
+    assert script(("a", " ", "b # c"), "/usr/bin/bash") == [
+        "/usr/bin/bash", "-c", "{ a\n} || exit $?\n{ b # c\n} || exit $?\n"]
+    assert script(("a",), "bash") == ["bash", "-c", "a"]
+
+
+def test_script_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(process, "_NT", True)
+    assert script(("dir", "echo hi"), None) == ["cmd.exe", "/d", "/s", "/c", "dir && echo hi"]
+    assert script(("x",), r"C:\Windows\System32\CMD.EXE")[1:] == ["/d", "/s", "/c", "x"]
+    ps = script(("a", "b"), "powershell")
+    assert ps[:4] == ["powershell", "-NoProfile", "-NonInteractive", "-Command"]
+    assert ps[4].startswith("a\nif (-not $?) {") and "\nb\nif (-not $?) {" in ps[4]
+    assert "exit $LASTEXITCODE" in ps[4]
+    assert script(("Get-Date",), "pwsh.exe")[4] == "Get-Date"
+
+
+def test_windows_command_line_and_taskkill() -> None:
+    line = process._nt_command_line(["C:\\Windows\\cmd.exe", "/d", "/s", "/c", 'echo "a b"'])
+    assert line == 'C:\\Windows\\cmd.exe /d /s /c "echo "a b""'
+    assert process._nt_command_line(["pwsh", "-Command", "a b"]) == 'pwsh -Command "a b"'
+    assert process._nt_taskkill_argv(42, "C:\\Windows") == [
+        "C:\\Windows\\System32\\taskkill.exe", "/T", "/F", "/PID", "42"]
