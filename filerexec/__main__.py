@@ -1,0 +1,5 @@
+import sys
+
+from filerexec.cli import main
+
+sys.exit(main())

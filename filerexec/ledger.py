@@ -1,0 +1,150 @@
+"""The durable run ledger: the host's private memory, outside the synced tree.
+
+SQLite in WAL mode with ``synchronous=FULL``: a commit is on disk before it
+returns. The daemon commits every changed job *before* it carries out the
+actions that change implies, so "job J, digest D, starting" is durable before
+the spawn and no restart ever runs a job twice.
+
+Two tables: ``jobs`` holds one snapshot per job name (what the state machine
+needs to resume), ``runs`` the history of every run (for ``runs:`` and audits).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from filerexec.machine import Job, Kill, Run, State
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (name TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, job TEXT NOT NULL, digest TEXT NOT NULL, started REAL NOT NULL,
+    finished REAL, exit_code INTEGER, outcome TEXT, reason TEXT);
+CREATE INDEX IF NOT EXISTS runs_by_job ON runs (job, started);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class Ledger:
+    """Durable job snapshots and run history in one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def load(self) -> dict[str, Job]:
+        """Every job as last committed (file versions are re-read by the reconciler)."""
+        rows = self._db.execute("SELECT data FROM jobs").fetchall()
+        jobs = (job_from_record(json.loads(data)) for (data,) in rows)
+        return {job.name: job for job in jobs}
+
+    def save(self, jobs: Iterable[Job], removed: Iterable[str] = ()) -> None:
+        """Commit changed jobs (and their runs) in one durable transaction."""
+        with self._transaction() as db:
+            for job in jobs:
+                db.execute(
+                    "INSERT OR REPLACE INTO jobs (name, data) VALUES (?, ?)",
+                    (job.name, json.dumps(job_to_record(job), separators=(",", ":"))),
+                )
+                if job.run is not None:
+                    r = job.run
+                    db.execute(
+                        "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO"
+                        " UPDATE SET finished=excluded.finished, exit_code=excluded.exit_code,"
+                        " outcome=excluded.outcome, reason=excluded.reason",
+                        (r.run_id, job.name, r.digest, r.started, r.finished, r.exit_code,
+                         r.outcome, r.reason),
+                    )
+            for name in removed:
+                db.execute("DELETE FROM jobs WHERE name = ?", (name,))
+
+    def runs(self, job: str | None = None) -> list[dict[str, Any]]:
+        """Run history, oldest first (all jobs, or one)."""
+        query = ("SELECT run_id, job, digest, started, finished, exit_code, outcome, reason"
+                 " FROM runs")
+        args: tuple[str, ...] = ()
+        if job is not None:
+            query += " WHERE job = ?"
+            args = (job,)
+        cursor = self._db.execute(query + " ORDER BY started, rowid", args)
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE … COMMIT, rolled back on error."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._db.execute("BEGIN IMMEDIATE")
+        return self._db
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def job_to_record(job: Job) -> dict[str, Any]:
+    """The durable part of a job: everything but the file version, which is re-read."""
+    run = job.run
+    return {
+        "name": job.name,
+        "state": job.state.value,
+        "reason": job.reason,
+        "started_digest": job.started_digest,
+        "last_operation": job.last_operation,
+        "deleted": job.deleted,
+        "missing_since": job.missing_since,
+        "runs": job.runs,
+        "kill": None if job.kill is None else [job.kill.reason, job.kill.since, job.kill.escalated],
+        "run": None if run is None else {
+            "run_id": run.run_id, "digest": run.digest, "started": run.started,
+            "timeout": run.timeout, "pid": run.pid, "create_time": run.create_time,
+            "finished": run.finished, "exit_code": run.exit_code,
+            "outcome": None if run.outcome is None else run.outcome.value, "reason": run.reason,
+        },
+    }
+
+
+def job_from_record(rec: dict[str, Any]) -> Job:
+    r = rec.get("run")
+    run = None
+    if r is not None:
+        outcome = r.pop("outcome")
+        run = Run(**r, outcome=None if outcome is None else State(outcome))
+    kill = rec.get("kill")
+    return Job(
+        name=rec["name"],
+        state=State(rec["state"]),
+        reason=rec["reason"],
+        run=run,
+        started_digest=rec["started_digest"],
+        last_operation=rec["last_operation"],
+        kill=None if kill is None else Kill(kill[0], kill[1], kill[2]),
+        missing_since=rec.get("missing_since"),
+        deleted=rec["deleted"],
+        runs=rec["runs"],
+    )

@@ -1,0 +1,494 @@
+"""The per-job state machine: states, events, actions and one transition table.
+
+Pure: no I/O, no clock (every event carries ``now``), no process handles beyond
+plain data. The daemon feeds it what the reconciler and the process module saw
+and carries out the actions it returns; the ledger stores the resulting `Job`.
+
+When a job runs (DESIGN §3): only on a *run request* — a valid ``operation:
+start`` version whose digest differs from the last one started under that
+name, or a stop→start change. Nothing else (restart, rescan, touch, identical
+re-delivery) starts anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import TypeAlias
+
+from filerexec.spec import JobSpec
+
+
+class State(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    KILLED = "killed"
+    STOPPED = "stopped"
+    EXPIRED = "expired"
+    INVALID = "invalid"
+    REJECTED = "rejected"
+    LOST = "lost"
+
+
+class Readiness(StrEnum):
+    """What the reconciler made of the file under the job's name."""
+
+    VALID = "valid"
+    INVALID = "invalid"  # unreadable or fails validation
+    REJECTED = "rejected"  # signature or policy refused it
+    NOT_READY = "not_ready"  # cannot be read yet (permissions, placeholder, still growing)
+    OTHER_HOST = "other_host"  # valid, but addressed to other hosts
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One version of a job file as read by the reconciler."""
+
+    readiness: Readiness
+    spec: JobSpec | None = None  # set when VALID
+    problem: str | None = None  # the error, rejection or not-ready reason
+    mtime: float | None = None  # the file's mtime as synced
+    seen: float | None = None  # when this host first saw this version
+
+    @property
+    def digest(self) -> str | None:
+        return self.spec.digest if self.spec else None
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One run of a job: created when the machine launches it."""
+
+    run_id: str
+    digest: str
+    started: float
+    timeout: float | None = None
+    pid: int | None = None
+    create_time: float | None = None  # the process start time, so a reused pid is never adopted
+    finished: float | None = None
+    exit_code: int | None = None
+    outcome: State | None = None  # SUCCEEDED / FAILED / KILLED / LOST once finished
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Kill:
+    """A kill in progress: TERM sent at ``since``; KILL once the grace has passed."""
+
+    reason: str
+    since: float
+    escalated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    name: str
+    state: State = State.PENDING
+    reason: str = ""
+    version: Version | None = None  # the file as last read; None while absent
+    run: Run | None = None  # the running or the last run
+    queued: Version | None = None  # a run request waiting behind the running version
+    started_digest: str | None = None  # last digest started under this name
+    last_operation: str | None = None  # last operation seen (stop→start is a request)
+    kill: Kill | None = None
+    missing_since: float | None = None
+    deleted: float | None = None
+    runs: int = 0
+
+    @property
+    def running(self) -> bool:
+        return self.state is State.RUNNING
+
+    @property
+    def due(self) -> bool:
+        """Waiting only for a free slot: the daemon may launch it."""
+        return (
+            self.state is State.PENDING
+            and self.version is not None
+            and self.version.readiness is Readiness.VALID
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """Grace periods, in seconds (configurable by the host's owner)."""
+
+    delete_grace: float = 2.0
+    kill_grace: float = 5.0
+
+
+# --- events -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FileRead:
+    """The file under the job's name was (re)read: it is new or its stat changed."""
+
+    version: Version
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class FileMissing:
+    """A listing did not find the job's file (confirmed only after a grace)."""
+
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed: grace periods, timeouts and deadlines are checked."""
+
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """The daemon grants a due job a slot."""
+
+    run_id: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Spawned:
+    pid: int
+    create_time: float
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnFailed:
+    message: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Exited:
+    code: int
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Vanished:
+    """The process is gone and no exit code survived."""
+
+    now: float
+    reason: str = "its process vanished while no daemon was watching; it is not run again"
+
+
+Event: TypeAlias = (
+    FileRead | FileMissing | Tick | Launch | Spawned | SpawnFailed | Exited | Vanished
+)
+
+
+# --- actions ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Spawn ``spec`` as run ``run_id`` (the ledger has committed it first)."""
+
+    name: str
+    run_id: str
+    spec: JobSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """Signal the run's whole process tree: TERM first, KILL after the grace."""
+
+    name: str
+    run: Run
+    force: bool
+
+
+Action: TypeAlias = Start | Signal
+Result: TypeAlias = tuple[Job, list[Action]]
+
+
+# --- the table --------------------------------------------------------------
+
+
+class Phase(StrEnum):
+    IDLE = "idle"  # no process: a finished, refused or never-started job
+    WAITING = "waiting"  # pending: for a slot, or for the file to become readable
+    RUNNING = "running"
+    STOPPING = "stopping"  # running, kill sent
+
+
+def phase(job: Job) -> Phase:
+    if job.state is State.RUNNING:
+        return Phase.STOPPING if job.kill else Phase.RUNNING
+    return Phase.WAITING if job.state is State.PENDING else Phase.IDLE
+
+
+Handler: TypeAlias = Callable[[Job, Event, Timing], Result]
+
+
+def transition(job: Job, event: Event, timing: Timing = Timing()) -> Result:
+    """Apply one event to one job: the new job and the actions to carry out."""
+    handler = TABLE.get((phase(job), type(event)), _ignore)
+    return handler(job, event, timing)
+
+
+def _ignore(job: Job, event: Event, timing: Timing) -> Result:
+    return job, []
+
+
+def _is_request(job: Job, version: Version) -> bool:
+    spec = version.spec
+    if version.readiness is not Readiness.VALID or spec is None or spec.operation != "start":
+        return False
+    return spec.digest != job.started_digest or job.last_operation == "stop"
+
+
+def _resting_state(job: Job) -> tuple[State, str]:
+    """The state a job without a run request shows: its last run's outcome."""
+    if job.run and job.run.outcome:
+        return job.run.outcome, job.run.reason or ""
+    return State.STOPPED, "not started"
+
+
+def _expired(version: Version, now: float) -> bool:
+    deadline = version.spec.not_after if version.spec else None
+    return deadline is not None and deadline.timestamp() < now
+
+
+def _read_idle(job: Job, event: Event, timing: Timing) -> Result:
+    """A version arrives while nothing runs: decide whether it is a run request."""
+    assert isinstance(event, FileRead)
+    v, now = event.version, event.now
+    # A pending request stays one when the same version is read again (a touch).
+    still_due = job.due and job.version is not None and job.version.digest == v.digest
+    job = replace(job, version=v, missing_since=None, deleted=None, queued=None)
+    if v.readiness is Readiness.OTHER_HOST:
+        return _gone(job, now, "the job is now addressed to other hosts"), []
+    if v.readiness is Readiness.NOT_READY:
+        return replace(job, state=State.PENDING, reason=v.problem or "not readable yet"), []
+    if v.readiness is Readiness.INVALID:
+        return replace(job, state=State.INVALID, reason=v.problem or "invalid"), []
+    if v.readiness is Readiness.REJECTED:
+        return replace(job, state=State.REJECTED, reason=v.problem or "rejected"), []
+    assert v.spec is not None
+    if v.spec.operation == "stop":
+        job = replace(job, state=State.STOPPED, reason="operation: stop", last_operation="stop")
+        return job, []
+    if still_due or _is_request(job, v):
+        # last_operation stays as it was until the launch: a stop→start request
+        # must survive an invalid edit or a restart before it runs.
+        if _expired(v, now):
+            return _expire(job, v), []
+        return replace(job, state=State.PENDING, reason="waiting for a free slot"), []
+    state, reason = _resting_state(job)
+    return replace(job, state=state, reason=reason, last_operation="start"), []
+
+
+def _expire(job: Job, v: Version) -> Job:
+    assert v.spec is not None and v.spec.not_after is not None
+    when = v.spec.not_after.isoformat()
+    reason = f"not run: its not_after time {when} had passed"
+    return replace(job, state=State.EXPIRED, reason=reason)
+
+
+def _read_running(job: Job, event: Event, timing: Timing) -> Result:
+    """A version arrives while the job runs: never interrupt, except operation: stop."""
+    assert isinstance(event, FileRead) and job.run is not None
+    v, now, running_digest = event.version, event.now, job.run.digest
+    job = replace(job, version=v, missing_since=None, deleted=None)
+    if v.readiness is Readiness.OTHER_HOST:
+        return _begin_kill(job, now, "the job is now addressed to other hosts")
+    if v.readiness is not Readiness.VALID or v.spec is None:
+        # An invalid or unreadable edit never kills: show it beside the running state.
+        return replace(job, reason=f"running; the edited file is not usable: {v.problem}"), []
+    if v.spec.operation == "stop":
+        job = replace(job, last_operation="stop", queued=None)
+        return _begin_kill(job, now, "stopped by operation: stop")
+    queued = v if _is_request(job, v) and v.digest != running_digest else None
+    job = replace(job, queued=queued, last_operation="start")
+    return replace(job, reason="running; an edited version waits" if queued else "running"), []
+
+
+def _read_stopping(job: Job, event: Event, timing: Timing) -> Result:
+    """A version arrives while a kill is under way: remember it for afterwards."""
+    assert isinstance(event, FileRead)
+    v = event.version
+    if job.deleted is not None:
+        # Dropped again after its deletion: a new job with no history.
+        job = replace(job, started_digest=None, last_operation=None)
+    job = replace(job, version=v, missing_since=None, deleted=None)
+    if v.readiness is not Readiness.VALID or v.spec is None:
+        return job, []  # an unusable edit neither kills nor cancels what is queued
+    if v.spec.operation == "stop":
+        return replace(job, queued=None, last_operation="stop"), []
+    return replace(job, queued=v if _is_request(job, v) else None), []
+
+
+def _missing(job: Job, event: Event, timing: Timing) -> Result:
+    assert isinstance(event, FileMissing)
+    if job.deleted is not None or job.missing_since is not None:
+        return job, []
+    return replace(job, missing_since=event.now), []
+
+
+def _tick_idle(job: Job, event: Event, timing: Timing) -> Result:
+    assert isinstance(event, Tick)
+    if _deletion_confirmed(job, event.now, timing):
+        return _gone(job, event.now, None), []
+    return job, []
+
+
+def _tick_waiting(job: Job, event: Event, timing: Timing) -> Result:
+    assert isinstance(event, Tick)
+    if _deletion_confirmed(job, event.now, timing):
+        return _gone(job, event.now, "job file deleted before it could start"), []
+    if job.version and job.due and _expired(job.version, event.now):
+        return _expire(job, job.version), []
+    return job, []
+
+
+def _tick_running(job: Job, event: Event, timing: Timing) -> Result:
+    assert isinstance(event, Tick) and job.run is not None
+    now, run = event.now, job.run
+    if _deletion_confirmed(job, now, timing):
+        job = replace(job, deleted=now, version=None, queued=None, missing_since=None)
+        return _begin_kill(job, now, "job file deleted")
+    if run.timeout is not None and now - run.started >= run.timeout:
+        return _begin_kill(job, now, f"timeout: ran longer than {_duration(run.timeout)}")
+    return job, []
+
+
+def _tick_stopping(job: Job, event: Event, timing: Timing) -> Result:
+    assert isinstance(event, Tick) and job.kill is not None and job.run is not None
+    now, kill, run = event.now, job.kill, job.run
+    if _deletion_confirmed(job, now, timing):
+        job = replace(job, deleted=now, version=None, queued=None, missing_since=None)
+    if not kill.escalated and now - kill.since >= timing.kill_grace:
+        job = replace(job, kill=replace(kill, escalated=True))
+        return job, [Signal(job.name, run, force=True)]
+    return job, []
+
+
+def _deletion_confirmed(job: Job, now: float, timing: Timing) -> bool:
+    return job.missing_since is not None and now - job.missing_since >= timing.delete_grace
+
+
+def _gone(job: Job, now: float, reason: str | None) -> Job:
+    """The job's file is gone for this host: forget its history so a re-drop runs."""
+    return replace(
+        job,
+        state=State.STOPPED if job.state is State.PENDING else job.state,
+        reason=reason or job.reason,
+        version=None,
+        queued=None,
+        missing_since=None,
+        deleted=now,
+        started_digest=None,
+        last_operation=None,
+    )
+
+
+def _begin_kill(job: Job, now: float, reason: str) -> Result:
+    assert job.run is not None
+    run = job.run
+    job = replace(job, kill=Kill(reason, since=now), reason=f"stopping: {reason}")
+    return job, [Signal(job.name, run, force=False)]
+
+
+def _launch(job: Job, event: Event, timing: Timing) -> Result:
+    assert isinstance(event, Launch)
+    if not job.due or job.version is None or job.version.spec is None:
+        return job, []
+    spec = job.version.spec
+    run = Run(event.run_id, spec.digest, started=event.now, timeout=spec.timeout)
+    job = replace(
+        job,
+        state=State.RUNNING,
+        reason="running",
+        run=run,
+        started_digest=spec.digest,
+        last_operation="start",
+        runs=job.runs + 1,
+    )
+    return job, [Start(job.name, event.run_id, spec)]
+
+
+def _spawned(job: Job, event: Event, timing: Timing) -> Result:
+    assert isinstance(event, Spawned) and job.run is not None
+    return replace(job, run=replace(job.run, pid=event.pid, create_time=event.create_time)), []
+
+
+def _spawn_failed(job: Job, event: Event, timing: Timing) -> Result:
+    assert isinstance(event, SpawnFailed)
+    return _finish(job, event.now, None, State.FAILED, f"could not start: {event.message}")
+
+
+def _exited(job: Job, event: Event, timing: Timing) -> Result:
+    assert isinstance(event, Exited)
+    code = event.code
+    if job.kill:
+        return _finish(job, event.now, code, State.KILLED, job.kill.reason)
+    if code == 0:
+        return _finish(job, event.now, code, State.SUCCEEDED, "exit code 0")
+    if code < 0:
+        return _finish(job, event.now, code, State.FAILED, f"ended by signal {-code}")
+    return _finish(job, event.now, code, State.FAILED, f"exit code {code}")
+
+
+def _vanished(job: Job, event: Event, timing: Timing) -> Result:
+    assert isinstance(event, Vanished)
+    if job.kill:
+        return _finish(job, event.now, None, State.KILLED, job.kill.reason)
+    return _finish(job, event.now, None, State.LOST, event.reason)
+
+
+def _finish(job: Job, now: float, code: int | None, outcome: State, reason: str) -> Result:
+    """The run is over: record it, then start what queued behind it, or forget a deleted job."""
+    assert job.run is not None
+    run = replace(job.run, finished=now, exit_code=code, outcome=outcome, reason=reason)
+    job = replace(job, run=run, state=outcome, reason=reason, kill=None)
+    if job.deleted is not None:
+        return replace(job, started_digest=None, last_operation=None, queued=None), []
+    if job.queued is not None:
+        queued = job.queued
+        job = replace(job, version=queued, queued=None)
+        if _expired(queued, now):
+            return _expire(job, queued), []
+        return replace(job, state=State.PENDING, reason="waiting for a free slot"), []
+    return job, []
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
+    return f"{seconds:g}s"
+
+
+_P = Phase
+TABLE: dict[tuple[Phase, type], Handler] = {
+    (_P.IDLE, FileRead): _read_idle,
+    (_P.WAITING, FileRead): _read_idle,
+    (_P.RUNNING, FileRead): _read_running,
+    (_P.STOPPING, FileRead): _read_stopping,
+    (_P.IDLE, FileMissing): _missing,
+    (_P.WAITING, FileMissing): _missing,
+    (_P.RUNNING, FileMissing): _missing,
+    (_P.STOPPING, FileMissing): _missing,
+    (_P.IDLE, Tick): _tick_idle,
+    (_P.WAITING, Tick): _tick_waiting,
+    (_P.RUNNING, Tick): _tick_running,
+    (_P.STOPPING, Tick): _tick_stopping,
+    (_P.WAITING, Launch): _launch,
+    (_P.RUNNING, Spawned): _spawned,
+    (_P.STOPPING, Spawned): _spawned,
+    (_P.RUNNING, SpawnFailed): _spawn_failed,
+    (_P.STOPPING, SpawnFailed): _spawn_failed,
+    (_P.RUNNING, Exited): _exited,
+    (_P.STOPPING, Exited): _exited,
+    (_P.RUNNING, Vanished): _vanished,
+    (_P.STOPPING, Vanished): _vanished,
+}

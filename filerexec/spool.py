@@ -1,0 +1,155 @@
+"""The spool on disk: its layout, listing ``jobs/`` and reading job files.
+
+Only reads under ``jobs/`` (the host never writes there). A listing is the
+truth about which jobs exist; watcher events only say when to look.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from filerexec.names import Kind, classify, is_skipped_dir
+
+# When two files name one job (backup.yaml and backup.yml), the first suffix wins.
+_SUFFIX_RANK = (".yaml", ".yml", ".yaml.txt", ".yml.txt")
+
+EXAMPLE_JOB = """\
+# A filerexec job: drop a file like this into jobs/ and the host runs it.
+# Delete the file to kill the job. Results appear in status/HOST/.
+commands: echo "hello from $(hostname)"; uptime
+"""
+
+
+def init(spool: Path) -> list[Path]:
+    """Create jobs/, status/ and an example job; return what was created."""
+    created = []
+    for folder in (spool / "jobs", spool / "status"):
+        if not folder.is_dir():
+            folder.mkdir(parents=True)
+            created.append(folder)
+    example = spool / "jobs" / "hello.yaml"
+    if not any((spool / "jobs").iterdir()):
+        example.write_text(EXAMPLE_JOB)
+        created.append(example)
+    return created
+
+
+@dataclass(frozen=True, slots=True)
+class FileStat:
+    """Enough of a stat to notice a change without reading the file."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+    ino: int
+    mode: int
+    nlink: int
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return (self.size, self.mtime_ns, self.ino)
+
+
+@dataclass(slots=True)
+class Listing:
+    """One pass over ``jobs/``: job files by job name, conflicted copies by job name."""
+
+    jobs: dict[str, FileStat] = field(default_factory=dict)
+    conflicts: dict[str, list[str]] = field(default_factory=dict)
+
+
+def scan(jobs_dir: Path) -> Listing | None:
+    """List every job file under ``jobs_dir``; None when the folder is unavailable."""
+    listing = Listing()
+    chosen: dict[str, str] = {}
+    try:
+        _walk(jobs_dir, "", listing, chosen)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return None
+    return listing
+
+
+def _walk(folder: Path, prefix: str, listing: Listing, chosen: dict[str, str]) -> None:
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            rel = prefix + entry.name
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # vanished between listing and stat
+            if stat.S_ISDIR(st.st_mode):
+                if not is_skipped_dir(entry.name):
+                    try:
+                        _walk(Path(entry.path), rel + "/", listing, chosen)
+                    except (FileNotFoundError, NotADirectoryError, PermissionError):
+                        continue
+                continue
+            found = classify(rel)
+            if found.kind is Kind.CONFLICT and found.job:
+                listing.conflicts.setdefault(found.job, []).append(rel)
+            elif found.kind is Kind.JOB and found.job:
+                name = found.job
+                current = chosen.get(name)
+                if current is not None and _rank(current) <= _rank(rel):
+                    listing.conflicts.setdefault(name, []).append(rel)
+                    continue
+                if current is not None:
+                    listing.conflicts.setdefault(name, []).append(current)
+                chosen[name] = rel
+                listing.jobs[name] = FileStat(
+                    Path(entry.path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode,
+                    st.st_nlink,
+                )
+
+
+def _rank(rel: str) -> int:
+    lower = rel.lower()
+    return next((i for i, s in enumerate(_SUFFIX_RANK) if lower.endswith(s)), len(_SUFFIX_RANK))
+
+
+class NotReady(Exception):
+    """The file exists but cannot be read yet (permissions, placeholder, still arriving)."""
+
+
+class Refused(Exception):
+    """The file is not something a job may be read from (symlink, FIFO, too large…)."""
+
+
+def read_job_file(info: FileStat, max_bytes: int) -> bytes:
+    """Read a job file safely: never follow a link, never block on a FIFO, never read too much."""
+    mode = info.mode
+    if stat.S_ISLNK(mode):
+        raise Refused("it is a symbolic link; job files must be plain files")
+    if not stat.S_ISREG(mode):
+        raise Refused("it is not a plain file (a FIFO, socket or device)")
+    if info.nlink > 1:
+        raise Refused("it is a hard link to another file; job files must be plain files")
+    if info.size > max_bytes:
+        raise Refused(f"it is {info.size} bytes; job files may be at most {max_bytes} bytes")
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(info.path, flags)
+    except PermissionError as e:
+        raise NotReady("waiting for the sync client: the file cannot be read yet") from e
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise Refused("it is a symbolic link; job files must be plain files") from e
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1 or st.st_ino != info.ino:
+            raise NotReady("the file changed while it was being read")
+        data = os.read(fd, max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise Refused(f"it is larger than {max_bytes} bytes")
+    if len(data) != st.st_size:
+        raise NotReady("waiting for the sync client: the file is still arriving")
+    return data

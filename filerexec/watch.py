@@ -1,0 +1,117 @@
+"""Filesystem events as hints: the only module that imports watchdog.
+
+Events never decide anything; they wake the reconciler and say which paths
+arrived complete (moved into place or closed after writing) so those are read
+at once. Events are lost on overflow, on network shares and with some editors,
+so the daemon also rescans periodically; ``--poll`` relies on the rescan alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+
+from watchdog.events import (
+    DirDeletedEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+
+logger = logging.getLogger(__name__)
+
+MAX_HINTS = 10_000  # past this, drop hints: the rescan is the truth anyway
+
+
+class Hint(StrEnum):
+    COMPLETE = "complete"  # renamed into place or closed after writing: read now
+    CHANGED = "changed"  # written in place: read once it has stayed still
+
+
+class Hints:
+    """Paths touched since the last drain; thread-safe, bounded."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self._lock = threading.Lock()
+        self._paths: dict[str, Hint] = {}
+        self._wake = wake
+        self.overflowed = False
+
+    def add(self, path: str, hint: Hint) -> None:
+        with self._lock:
+            if len(self._paths) >= MAX_HINTS and path not in self._paths:
+                self.overflowed = True
+            elif self._paths.get(path) is not Hint.COMPLETE:
+                self._paths[path] = hint
+        self._wake()
+
+    def drain(self) -> dict[str, Hint]:
+        with self._lock:
+            paths, self._paths, self.overflowed = self._paths, {}, False
+        return paths
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, hints: Hints) -> None:
+        self._hints = hints
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, FileMovedEvent):
+            self._hints.add(_text(event.dest_path), Hint.COMPLETE)
+        elif isinstance(event, FileClosedEvent):
+            self._hints.add(_text(event.src_path), Hint.COMPLETE)
+        elif isinstance(event, DirDeletedEvent) or event.event_type != "opened":
+            self._hints.add(_text(event.src_path), Hint.CHANGED)
+
+
+def _text(path: bytes | str) -> str:
+    return path.decode(errors="surrogateescape") if isinstance(path, bytes) else path
+
+
+class Watcher:
+    """watchdog's native observer on ``jobs/``, re-armed when the folder comes back."""
+
+    def __init__(self, jobs_dir: Path, hints: Hints) -> None:
+        self.jobs_dir = jobs_dir
+        self._hints = hints
+        self._observer: BaseObserver | None = None
+        self._watched: tuple[int, int] | None = None
+
+    @property
+    def kind(self) -> str:
+        if self._observer is None:
+            return "none (rescan only)"
+        return type(self._observer).__name__.replace("Observer", "").lower() or "native"
+
+    def ensure(self) -> None:
+        """Watch ``jobs/`` if it exists and is not already watched (it may have been replaced)."""
+        try:
+            st = self.jobs_dir.stat()
+        except OSError:
+            self.stop()
+            return
+        same = self._watched == (st.st_dev, st.st_ino)
+        if self._observer is not None and same and self._observer.is_alive():
+            return
+        self.stop()
+        observer = Observer()
+        try:
+            observer.schedule(_Handler(self._hints), str(self.jobs_dir), recursive=True)
+            observer.start()
+        except OSError as e:  # e.g. inotify watch limit reached: the rescan still works
+            logger.warning("cannot watch %s (%s); relying on the periodic rescan", self.jobs_dir, e)
+            return
+        self._observer, self._watched = observer, (st.st_dev, st.st_ino)
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
+            self._watched = None

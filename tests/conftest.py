@@ -1,0 +1,125 @@
+"""Fixtures: a spool in a temp folder and a real `filerexec serve` process on it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.util import wait_for
+
+HOST = "testhost"
+
+
+class Host:
+    """A real daemon process serving ``spool`` as host ``name``, driven like a user would."""
+
+    def __init__(self, spool: Path, state: Path, name: str = HOST) -> None:
+        self.spool, self.state, self.name = spool, state, name
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = state.parent / f"daemon-{name}.log"
+        self.extra_args: list[str] = ["--rescan", "1"]
+
+    @property
+    def status_dir(self) -> Path:
+        return self.spool / "status" / self.name
+
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-m", "filerexec", "serve", str(self.spool), "--host", self.name,
+                "--state-dir", str(self.state), "-v", *self.extra_args, *args]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+        wait_for(lambda: (self.status_dir / "host.yaml").exists() or self.proc.poll() is not None,
+                 timeout=15, what="the daemon to write host.yaml")
+        return self.proc
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=15)
+        self.proc = None
+        return code
+
+    def drop(self, name: str, text: str) -> Path:
+        """Deliver a job file as sync clients do: a temp name, then a rename into place."""
+        target = self.spool / "jobs" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".syncthing.{target.name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, target)
+        return target
+
+    def status(self, job: str) -> dict[str, Any] | None:
+        try:
+            doc = yaml.safe_load((self.status_dir / f"{job}.yaml").read_text())
+        except (FileNotFoundError, yaml.YAMLError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def wait_state(self, job: str, *states: str, timeout: float = 15) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            doc = self.status(job)
+            return doc if doc and doc.get("state") in states else None
+        try:
+            return wait_for(check, timeout=timeout, what=f"{job} to be {'/'.join(states)}")
+        except AssertionError:
+            raise AssertionError(f"{job}: last status {self.status(job)}\n"
+                                 f"daemon log:\n{self.log.read_text()[-3000:]}") from None
+
+    def log_of(self, job: str) -> str:
+        try:
+            return (self.status_dir / f"{job}.log").read_text()
+        except FileNotFoundError:
+            return ""
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    root = tmp_path / "spool"
+    (root / "jobs").mkdir(parents=True)
+    (root / "status").mkdir()
+    return root
+
+
+@pytest.fixture
+def host(spool: Path, tmp_path: Path) -> Iterator[Host]:
+    h = Host(spool, tmp_path / "state")
+    yield h
+    if h.proc is not None and h.proc.poll() is None:
+        h.stop()
+    _kill_leftovers(tmp_path)
+
+
+def _kill_leftovers(tmp_path: Path) -> None:
+    """Kill any job process a test left running (found by the run's state folder)."""
+    marker = str(tmp_path)
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc_dir / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmdline and int(proc_dir.name) != os.getpid():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc_dir.name), signal.SIGKILL)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def dump(doc: dict[str, Any]) -> str:
+    return yaml.safe_dump(doc)
