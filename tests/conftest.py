@@ -27,6 +27,7 @@ class Host:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = state.parent / f"daemon-{name}.log"
         self.extra_args: list[str] = ["--rescan", "1"]
+        self.prefix: list[str] = []  # e.g. setpriv: run the daemon with fewer privileges
 
     @property
     def status_dir(self) -> Path:
@@ -35,6 +36,7 @@ class Host:
     def start(self, *args: str) -> subprocess.Popen[bytes]:
         argv = [sys.executable, "-m", "filerexec", "serve", str(self.spool), "--host", self.name,
                 "--state-dir", str(self.state), "-v", *self.extra_args, *args]
+        argv = [*self.prefix, *argv]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL)
