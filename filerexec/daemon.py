@@ -270,8 +270,9 @@ class Daemon:
             spec = parse_job(data, name)
         except SpecError as e:
             return Version(Readiness.INVALID, problem=str(e), mtime=mtime, seen=now)
-        readiness = Readiness.VALID if spec.targets(self.settings.host) else Readiness.OTHER_HOST
-        return Version(readiness, spec, mtime=mtime, seen=self._first_seen(name, spec, now))
+        if not spec.targets(self.settings.host):
+            return Version(Readiness.OTHER_HOST, spec, mtime=mtime, seen=now)
+        return Version(Readiness.VALID, spec, mtime=mtime, seen=self._first_seen(name, spec, now))
 
     def _first_seen(self, name: str, spec: JobSpec, now: float) -> float:
         """A touch or an identical re-delivery keeps the time this version was first seen."""
@@ -279,6 +280,15 @@ class Daemon:
         previous = job.version if job else None
         if previous and previous.digest == spec.digest and previous.seen is not None:
             return previous.seen
+        assert self._ledger is not None
+        key = f"seen:{name}"
+        if job is not None and job.deleted is None:
+            # After a restart (or a spell of not being readable) the version in memory is
+            # gone or another one: the ledger remembers when this version was first seen.
+            digest, _, when = (self._ledger.get_meta(key) or "").partition(" ")
+            if digest == spec.digest and when:
+                return float(when)
+        self._ledger.set_meta(key, f"{spec.digest} {now!r}")
         return now
 
     def _update_conflicts(self, listing: Listing) -> None:

@@ -48,6 +48,7 @@ class FileStat:
     ino: int
     mode: int
     nlink: int
+    placeholder: bool = False  # an online-only file: full size, no local data yet
 
     @property
     def key(self) -> tuple[int, int, int]:
@@ -104,13 +105,27 @@ def _walk(folder: Path, prefix: str, listing: Listing, chosen: dict[str, str]) -
                 chosen[name] = rel
                 listing.jobs[name] = FileStat(
                     Path(entry.path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode,
-                    st.st_nlink,
+                    st.st_nlink, is_placeholder(st),
                 )
 
 
 def _rank(rel: str) -> int:
     lower = rel.lower()
     return next((i for i, s in enumerate(_SUFFIX_RANK) if lower.endswith(s)), len(_SUFFIX_RANK))
+
+
+# Online-only files: macOS "dataless" (st_flags SF_DATALESS), Windows cloud files
+# (st_file_attributes RECALL_ON_DATA_ACCESS / RECALL_ON_OPEN / OFFLINE). Reading one
+# makes the sync client download it, which can block for as long as the network takes.
+_SF_DATALESS = 0x40000000
+_WINDOWS_ONLINE_ONLY = 0x00400000 | 0x00040000 | 0x00001000
+
+
+def is_placeholder(st: os.stat_result) -> bool:
+    """Whether a stat says the file is a placeholder whose data is not on this machine."""
+    flags = getattr(st, "st_flags", 0) or 0
+    attributes = getattr(st, "st_file_attributes", 0) or 0
+    return bool(flags & _SF_DATALESS or attributes & _WINDOWS_ONLINE_ONLY)
 
 
 class NotReady(Exception):
@@ -132,6 +147,9 @@ def read_job_file(info: FileStat, max_bytes: int) -> bytes:
         raise Refused("it is a hard link to another file; job files must be plain files")
     if info.size > max_bytes:
         raise Refused(f"it is {info.size} bytes; job files may be at most {max_bytes} bytes")
+    if info.placeholder:
+        raise NotReady("waiting for the sync client: the file is online-only (a placeholder); "
+                       "make jobs/ always available on this device")
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
         fd = os.open(info.path, flags)
@@ -144,7 +162,9 @@ def read_job_file(info: FileStat, max_bytes: int) -> bytes:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1 or st.st_ino != info.ino:
-            raise NotReady("the file changed while it was being read")
+            raise NotReady("waiting for the sync client: the file changed while it was read")
+        if st.st_size != info.size:  # written to since it was listed: not complete yet
+            raise NotReady("waiting for the sync client: the file is still arriving")
         data = os.read(fd, max_bytes + 1)
     finally:
         os.close(fd)

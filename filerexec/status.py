@@ -91,15 +91,37 @@ def render_index(jobs: Iterable[Job], host: str, now: float) -> str:
         "",
         f"Updated {timestamp(now)}.",
         "",
-        "| job | state | since | exit |",
-        "|---|---|---|---|",
+        "| job | state | since | exit | sync → start |",
+        "|---|---|---|---|---|",
     ]
     for job in sorted(jobs, key=since, reverse=True):
         code = job.run.exit_code if job.run and job.run.exit_code is not None else ""
         state = job.state.value + (" (deleted)" if job.deleted else "")
         when = (timestamp(since(job)) or "").replace("T", " ")
-        lines.append(f"| {_cell(job.name)} | {state} | {when} | {code} |")
+        lines.append(f"| {_cell(job.name)} | {state} | {when} | {code} | {delays(job)} |")
     return "\n".join(lines) + "\n"
+
+
+def delays(job: Job) -> str:
+    """Sync delay (file mtime → first seen here) and host delay (seen → started), compactly.
+
+    "4s → 0s": the file reached this host 4 s after it was saved, and started at once;
+    "4s → …": still waiting to start. A negative sync delay means the clocks disagree.
+    """
+    version, run = job.version, job.run
+    if version is None or version.seen is None or version.mtime is None:
+        return ""
+    text = _seconds(version.seen - version.mtime)
+    if run is not None and run.digest == version.digest and run.started >= version.seen:
+        return f"{text} → {_seconds(run.started - version.seen)}"
+    return f"{text} → …" if job.state is State.PENDING else text
+
+
+def _seconds(delta: float) -> str:
+    for unit, size in (("h", 3600), ("m", 60)):
+        if abs(delta) >= size:
+            return f"{round(delta / size)}{unit}"
+    return f"{round(delta)}s"
 
 
 def _cell(text: str) -> str:
