@@ -159,8 +159,7 @@ def test_phone_deletes_running_job_host_kills_tree(fleet: Fleet) -> None:
     wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2, what="two sleeps")
     sleeps = [int(p) for p in pids.read_text().split()]
     assert all(pid_alive(p) for p in sleeps)
-    (fleet.phone / "jobs" / "tree.yaml").unlink()
-    fleet.mesh.scan("phone", "jobs")  # Syncthing's watcher holds deletions back; scan now
+    (fleet.phone / "jobs" / "tree.yaml").unlink()  # Syncthing's watcher carries it, a bit later
     doc = fleet.wait_status("a", "tree", "killed")
     assert doc["reason"] == "job file deleted" and "deleted" in doc
     wait_for(lambda: not any(pid_alive(p) for p in sleeps), what="every sleep to be gone")
