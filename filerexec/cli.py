@@ -96,6 +96,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("watchdog", "filelock"):  # their debug lines drown the daemon's own
+        logging.getLogger(noisy).setLevel(logging.INFO)
     spool = args.spool.resolve()
     if not spool.is_dir():
         print(f"filerexec: {spool} is not a folder (create it with: filerexec init {spool})",

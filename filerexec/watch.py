@@ -15,7 +15,6 @@ from enum import StrEnum
 from pathlib import Path
 
 from watchdog.events import (
-    DirDeletedEvent,
     FileClosedEvent,
     FileMovedEvent,
     FileSystemEvent,
@@ -26,7 +25,9 @@ from watchdog.observers.api import BaseObserver
 
 logger = logging.getLogger(__name__)
 
-MAX_HINTS = 10_000  # past this, drop hints: the rescan is the truth anyway
+MAX_HINTS = 10_000
+# Opening or listing a folder (as every rescan does) is no change: waking on it would loop.
+_CHANGES = frozenset({"created", "modified", "deleted"})  # past this, drop hints: the rescan is the truth anyway
 
 
 class Hint(StrEnum):
@@ -66,7 +67,7 @@ class _Handler(FileSystemEventHandler):
             self._hints.add(_text(event.dest_path), Hint.COMPLETE)
         elif isinstance(event, FileClosedEvent):
             self._hints.add(_text(event.src_path), Hint.COMPLETE)
-        elif isinstance(event, DirDeletedEvent) or event.event_type != "opened":
+        elif event.event_type in _CHANGES:
             self._hints.add(_text(event.src_path), Hint.CHANGED)
 
 
