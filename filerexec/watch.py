@@ -16,7 +16,6 @@ from pathlib import Path
 
 from watchdog.events import (
     FileClosedEvent,
-    FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
 )
@@ -63,7 +62,7 @@ class _Handler(FileSystemEventHandler):
         self._hints = hints
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if isinstance(event, FileMovedEvent):
+        if event.event_type == "moved":  # files and folders moved into place are complete
             self._hints.add(_text(event.dest_path), Hint.COMPLETE)
         elif isinstance(event, FileClosedEvent):
             self._hints.add(_text(event.src_path), Hint.COMPLETE)
