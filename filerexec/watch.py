@@ -24,9 +24,9 @@ from watchdog.observers.api import BaseObserver
 
 logger = logging.getLogger(__name__)
 
-MAX_HINTS = 10_000
+MAX_HINTS = 10_000  # past this, drop hints: the rescan is the truth anyway
 # Opening or listing a folder (as every rescan does) is no change: waking on it would loop.
-_CHANGES = frozenset({"created", "modified", "deleted"})  # past this, drop hints: the rescan is the truth anyway
+_CHANGES = frozenset({"created", "modified", "deleted"})
 
 
 class Hint(StrEnum):
