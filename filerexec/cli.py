@@ -19,6 +19,7 @@ import yaml
 from filerexec import __version__
 from filerexec.config import Settings, default_host, spool_state_dir, state_base
 from filerexec.daemon import AlreadyRunning, Daemon
+from filerexec.names import job_name
 from filerexec.spec import SpecError, parse_job
 from filerexec.spool import init as init_spool
 
@@ -198,6 +199,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except SpecError as e:
         print(f"filerexec: {e}", file=sys.stderr)
         return FAILURE
+    if job_name(f"{args.name}.yaml") != args.name:
+        print(f"filerexec: {args.name!r} is not a usable job name (letters, digits, '-', '_', "
+              "'.', and '/' for sub-folders)", file=sys.stderr)
+        return USAGE
     target = args.spool / "jobs" / f"{args.name}.yaml"
     if target.exists() and not args.replace:
         print(f"filerexec: {target} exists (use --replace to change it)", file=sys.stderr)

@@ -171,7 +171,8 @@ class Daemon:
         """Do everything that is due at ``now``; return seconds until the next round."""
         self._collect_exits(now)
         hints = self.hints.drain()
-        if hints or now >= self._next_scan:
+        settle_due = any(now >= u.since + self.settings.settle for u in self._unsettled.values())
+        if hints or settle_due or now >= self._next_scan:
             self._reconcile(now, hints)
             self._next_scan = now + self.settings.scan_interval
         for name, job in list(self.jobs.items()):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import yaml
 
 from tests.conftest import Host, pid_alive
@@ -248,3 +249,36 @@ def test_once_runs_what_is_due_and_exits(host: Host) -> None:
     assert result.returncode == 0, result.stderr
     assert (host.status("one") or {}).get("state") == "succeeded"
     assert (host.status("two") or {}).get("state") == "succeeded"
+
+
+def test_submit_writes_a_job_the_daemon_runs(host: Host) -> None:
+    host.start()
+    result = subprocess.run(
+        [sys.executable, "-m", "filerexec", "submit", str(host.spool), "sub/mit", "--",
+         "echo", "submitted"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    host.wait_state("sub/mit", "succeeded")
+    assert "submitted" in host.log_of("sub/mit")
+    again = subprocess.run(
+        [sys.executable, "-m", "filerexec", "submit", str(host.spool), "sub/mit", "--", "true"],
+        capture_output=True, text=True, timeout=30)
+    assert again.returncode == 1 and "--replace" in again.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "filerexec", "submit", str(host.spool), "../escape", "--", "true"],
+        capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and not (host.spool / "escape.yaml").exists()
+
+
+def test_poll_mode_reads_file_written_in_place_once_still_without_spinning(host: Host) -> None:
+    host.start("--poll")
+    (host.spool / "jobs" / "inplace.yaml").write_text("commands: echo polled\n")
+    host.wait_state("inplace", "succeeded")
+    assert "polled" in host.log_of("inplace")
+    assert yaml.safe_load((host.status_dir / "host.yaml").read_text())["watcher"] == "polling"
+    # Waiting for a file to settle must sleep, not spin: a busy loop burns a whole core.
+    assert host.proc is not None
+    cpu = psutil.Process(host.proc.pid).cpu_times()
+    (host.spool / "jobs" / "second.yaml").write_text("commands: 'true'\n")
+    host.wait_state("second", "succeeded")
+    after = psutil.Process(host.proc.pid).cpu_times()
+    assert (after.user + after.system) - (cpu.user + cpu.system) < 0.5
