@@ -290,3 +290,15 @@ def _nt_taskkill(handle: Handle) -> None:
         argv = _nt_taskkill_argv(handle.pid, os.environ.get("SYSTEMROOT", r"C:\Windows"))
         subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, check=False, timeout=30)
+
+
+def run_tool(argv: list[str]) -> int:
+    """Run a system tool (systemctl, launchctl, schtasks) in the foreground; its exit code.
+
+    Its output goes to ours: the person installing a service sees what the tool said.
+    """
+    try:
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, check=False).returncode
+    except OSError as e:
+        logger.error("cannot run %s: %s", argv[0], e.strerror or e)
+        return 127
