@@ -15,7 +15,6 @@ from filerexec import cli
 from filerexec.config import (
     DAY,
     ConfigError,
-    describe,
     parse_config,
     parse_size,
     resolve,
@@ -85,9 +84,9 @@ def test_precedence_default_file_environment_flag(tmp_path: Path) -> None:
 
 def test_missing_files(tmp_path: Path) -> None:
     absent = tmp_path / "nope.yaml"
-    with pytest.raises(ConfigError, match="does not exist .named by FILEREXEC_CONFIG"):
+    with pytest.raises(ConfigError, match=r"does not exist \(named by FILEREXEC_CONFIG\)"):
         resolve({}, environ={"FILEREXEC_CONFIG": str(absent)})
-    with pytest.raises(ConfigError, match="does not exist .named by --config"):
+    with pytest.raises(ConfigError, match=r"does not exist \(named by --config\)"):
         resolve({}, config=absent, environ={})
     with pytest.raises(ConfigError, match="no SPOOL given, and no `spool:` in"):
         resolve({}, environ={"FILEREXEC_CONFIG": "/dev/null"}).settings()

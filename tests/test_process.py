@@ -144,9 +144,10 @@ def test_terminate_kills_the_whole_tree(tmp_path: Path, start: Callable[[Launch]
 def test_kill_reaches_a_job_that_ignores_term(tmp_path: Path,
                                               start: Callable[[Launch], Child]) -> None:
     # The wrapper outlives TERM, so the leader stays alive() and KILL still goes to the group.
-    lc = launch(tmp_path, "trap 'echo got-term' TERM; while :; do sleep 0.05; done")
+    lc = launch(tmp_path, "trap 'echo got-term' TERM; echo ready; while :; do sleep 0.05; done")
     child = start(lc)
-    wait_for(lambda: psutil.Process(child.handle.pid).children(), what="job shell")
+    # Only once the trap is set: a TERM that arrives before it ends the shell (a race).
+    wait_for(lambda: "ready" in lc.output_path.read_text(), what="the job's trap")
     terminate(child.handle, lc.run_id)
     wait_for(lambda: "got-term" in lc.output_path.read_text(), what="TERM delivered")
     assert alive(child.handle)
