@@ -106,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("action", choices=["install", "uninstall", "show"])
     s.add_argument("spool", type=Path, nargs="?", help="default: `spool:` in the config file")
     s.add_argument("--system", action="store_true",
-                   help="start at boot for everyone's sake, running as you (needs root/admin)")
+                   help="start at boot, before anyone logs in; runs as you (needs root/admin)")
     s.add_argument("--platform", choices=service.PLATFORMS, default=None,
                    help="render for this platform (default: this one's)")
     s.add_argument("--name", default="filerexec", help="unit / agent / task name")
@@ -118,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, default=None,
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
                    help=f"config file (default: ${config.CONFIG_VAR} or the platform's place)")
 
 
@@ -131,8 +131,9 @@ def _setting_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(key.flag, dest=key.name, action="store_true", default=None,
                            help=key.help)
         else:
+            default = "" if key.default is None else f" (default {key.show(key.default)})"
             p.add_argument(key.flag, dest=key.name, type=_typed(key.parse), default=None,
-                           help=f"{key.help} (default {key.show(key.default) or 'see below'})")
+                           metavar=key.metavar, help=key.help + default)
     _config_flag(p)
 
 
@@ -220,7 +221,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
         print(f"filerexec: {e}", file=sys.stderr)
         return FAILURE
     if not args.follow:
-        sys.stdout.buffer.write(log.read_bytes() if log.exists() else b"")
+        if not log.exists():
+            print(f"filerexec: {name} has no output yet", file=sys.stderr)
+            return OK
+        sys.stdout.buffer.write(log.read_bytes())
         return OK
     with contextlib.suppress(KeyboardInterrupt):
         for chunk in view.follow(log):

@@ -165,6 +165,13 @@ class Key:
     help: str
     flag: str | None = None
 
+    @property
+    def metavar(self) -> str:
+        """How the flag's value is named in ``--help``."""
+        kinds: dict[Callable[[object], Any], str] = {
+            _duration: "DURATION", parse_size: "SIZE", _positive_int: "N", _path: "DIR"}
+        return kinds.get(self.parse, "NAME")
+
     def show(self, value: Any) -> Any:
         """The value as a person would write it in the config file."""
         if value is None:
