@@ -120,6 +120,13 @@ def _duration(value: object) -> float:
         raise ValueError(str(e)) from None
 
 
+def _interval(value: object) -> float:
+    seconds = _duration(value)
+    if seconds < 0.1:  # zero would make the daemon spin
+        raise ValueError(f"{value!r} is too short: at least 0.1s")
+    return seconds
+
+
 def _positive_int(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f"must be a whole number of at least 1, not {value!r}")
@@ -169,14 +176,15 @@ class Key:
     def metavar(self) -> str:
         """How the flag's value is named in ``--help``."""
         kinds: dict[Callable[[object], Any], str] = {
-            _duration: "DURATION", parse_size: "SIZE", _positive_int: "N", _path: "DIR"}
+            _duration: "DURATION", _interval: "DURATION", parse_size: "SIZE", _positive_int: "N",
+            _path: "DIR"}
         return kinds.get(self.parse, "NAME")
 
     def show(self, value: Any) -> Any:
         """The value as a person would write it in the config file."""
         if value is None:
             return None
-        if self.parse is _duration:
+        if self.parse in (_duration, _interval):
             return _human_duration(value)
         if self.parse is parse_size:
             return _human_size(value)
@@ -192,8 +200,8 @@ KEYS: tuple[Key, ...] = (
     Key("poll", _bool, False, "no file events (network shares): list jobs/ every second",
         "--poll"),
     Key("max_parallel", _positive_int, 16, "jobs running at once", "--max-parallel"),
-    Key("rescan_interval", _duration, 10.0, "full rescan of jobs/", "--rescan"),
-    Key("heartbeat_interval", _duration, 30.0, "host.yaml refresh", "--heartbeat"),
+    Key("rescan_interval", _interval, 10.0, "full rescan of jobs/", "--rescan"),
+    Key("heartbeat_interval", _interval, 30.0, "host.yaml refresh", "--heartbeat"),
     Key("delete_grace", _duration, 2.0, "a job file must stay absent this long to count "
         "as deleted", "--delete-grace"),
     Key("kill_grace", _duration, 5.0, "TERM, then KILL after this long", "--kill-grace"),

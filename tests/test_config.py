@@ -51,6 +51,7 @@ def test_every_key_parses_with_the_job_files_forms(tmp_path: Path) -> None:
     ("max_parallel: 0\n", 1, "`max_parallel`: must be a whole number of at least 1, not 0"),
     ("host: a\n\nretention: soon\n", 3, "`retention`: 'soon' is not a duration"),
     ("log_cap: 1MB\n", 1, "`log_cap`: '1MB' is not a size"),
+    ("rescan_interval: 0\n", 1, "`rescan_interval`: 0 is too short: at least 0.1s"),
     ("require_signature: maybe\n", 1, "`require_signature`: must be true or false"),
     ("host: a\nhost: b\n", 2, "`host` is set twice (also on line 1)"),
     ("host: a\nkill_grace: [1\n", 3, "not valid YAML"),
