@@ -106,7 +106,7 @@ _CONFLICT_MARKERS: tuple[re.Pattern[str], ...] = (
     re.compile(r"\.conflict\d+" + _END),
     re.compile(r"\.\.path[12]" + _END),
 )
-_MAX_MARKERS = 4  # a copy of a copy carries two markers; more than a few is not a conflict
+_MAX_MARKERS = 4  # a copy of a copy carries two; the cap keeps hostile names cheap
 
 # What a job file is called: the phone-editor forms ".yaml.txt"/".yml.txt" included.
 # Numbered duplicates ("job (1).yaml", "job 2.yaml" from Google Drive, iCloud, Box) and

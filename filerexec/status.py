@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -22,6 +23,8 @@ from filerexec.machine import Job, State
 
 TEMP_PREFIX = ".~filerexec-"
 TEMP_SUFFIX = ".tmp"
+_CUT = "[filerexec: {} earlier bytes not shown]\n"  # heads a log whose start was cut off
+_CUT_RE = re.compile(rb"\[filerexec: (\d+) earlier bytes not shown\]\n")
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -167,14 +170,21 @@ class StatusDir:
             cut = tail.find(b"\n")  # start the tail at a line boundary when one is near
             if 0 <= cut < 4096:
                 tail = tail[cut + 1:]
-            head = f"[filerexec: {size - len(tail)} earlier bytes not shown]\n".encode()
+            head = _CUT.format(size - len(tail)).encode()
             tail = head + tail
         atomic_write(self.log_path(name), tail)
 
     def remove_job(self, name: str) -> None:
+        """Remove a job's status and log (the retention period of a deleted job is over)."""
         for path in (self.job_path(name), self.log_path(name)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+
+def split_log(data: bytes) -> tuple[int, bytes]:
+    """A synced log's output and the offset it starts at in the run's whole output."""
+    match = _CUT_RE.match(data)
+    return (int(match[1]), data[match.end():]) if match else (0, data)
 
 
 def counts(jobs: Iterable[Job]) -> dict[str, int]:

@@ -15,9 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from watchdog.events import (
-    DirDeletedEvent,
     FileClosedEvent,
-    FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
 )
@@ -27,6 +25,8 @@ from watchdog.observers.api import BaseObserver
 logger = logging.getLogger(__name__)
 
 MAX_HINTS = 10_000  # past this, drop hints: the rescan is the truth anyway
+# Opening or listing a folder (as every rescan does) is no change: waking on it would loop.
+_CHANGES = frozenset({"created", "modified", "deleted"})
 
 
 class Hint(StrEnum):
@@ -62,11 +62,11 @@ class _Handler(FileSystemEventHandler):
         self._hints = hints
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if isinstance(event, FileMovedEvent):
+        if event.event_type == "moved":  # files and folders moved into place are complete
             self._hints.add(_text(event.dest_path), Hint.COMPLETE)
         elif isinstance(event, FileClosedEvent):
             self._hints.add(_text(event.src_path), Hint.COMPLETE)
-        elif isinstance(event, DirDeletedEvent) or event.event_type != "opened":
+        elif event.event_type in _CHANGES:
             self._hints.add(_text(event.src_path), Hint.CHANGED)
 
 

@@ -1,0 +1,53 @@
+"""The command line, called in-process through main(argv) and as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from filerexec.cli import main
+
+
+def test_init_creates_spool_with_example(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spool = tmp_path / "s"
+    assert main(["init", str(spool)]) == 0
+    assert (spool / "jobs" / "hello.yaml").is_file() and (spool / "status").is_dir()
+    assert main(["init", str(spool)]) == 0
+    assert "already a spool" in capsys.readouterr().out
+
+
+def test_validate_reports_line_and_column(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text("commands: ls\n")
+    bad.write_text("commands: ls\ntimeout: soon\n")
+    assert main(["validate", str(good)]) == 0
+    assert main(["validate", str(good), str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "good.yaml: ok" in out and "bad.yaml: line 2, column 10" in out
+
+
+def test_status_table_and_json_after_once(tmp_path: Path) -> None:
+    spool = tmp_path / "s"
+    assert main(["init", str(spool)]) == 0
+    run = [sys.executable, "-m", "filerexec"]
+    subprocess.run([*run, "serve", str(spool), "--host", "h1", "--state-dir",
+                    str(tmp_path / "st"), "--once"], check=True, timeout=60, capture_output=True)
+    table = subprocess.run([*run, "status", str(spool)], capture_output=True, text=True,
+                           check=True).stdout
+    assert "h1" in table and "hello" in table and "succeeded" in table
+    docs = json.loads(subprocess.run([*run, "status", str(spool), "--json"],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert [(d["host"], d["job"], d["state"]) for d in docs] == [("h1", "hello", "succeeded")]
+    other = subprocess.run([*run, "status", str(spool), "--host", "h2"], capture_output=True,
+                           text=True, check=True).stdout
+    assert "hello" not in other
+
+
+def test_serve_on_missing_folder_is_a_usage_error(tmp_path: Path) -> None:
+    assert main(["serve", str(tmp_path / "nope")]) == 2
