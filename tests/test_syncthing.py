@@ -194,6 +194,30 @@ def test_conflict_copy_listed_never_runs_nothing_runs_twice(fleet: Fleet) -> Non
     assert not list((fleet.hosts["a"].status_dir).glob("*conflict*"))
 
 
+def test_conflict_won_by_the_phone_queues_behind_the_running_version(fleet: Fleet) -> None:
+    """Syncthing moves the winner over the host's file: the running job is not killed."""
+    mesh, gate = fleet.mesh, fleet.out / "w.gate"
+    fleet.drop("w.yaml", f"commands: {fleet.record('w', ':v1')}\nhost: a\n")
+    fleet.wait_status("a", "w", "succeeded")
+    mesh.wait_synced()
+    mesh.offline("phone")
+    fleet.hosts["a"].drop("w.yaml", f"commands: {fleet.record('w', ':other')}; "
+                                    f"while [ ! -e {gate} ]; do sleep 0.1; done\nhost: a\n")
+    running = fleet.wait_status("a", "w", "running", where="a")
+    # The phone's edit is newer: it wins, the running version becomes the copy.
+    fleet.drop("w.yaml", f"commands: {fleet.record('w', ':phone')}\nhost: a\n",
+               mtime=time.time() + 5)
+    mesh.online("phone")
+    mesh.wait_synced()
+    doc = wait_for(lambda: (d := fleet.status("a", "w")) and d.get("conflicts") and d,
+                   timeout=SYNC, what="the phone to read the conflicted copy in the status")
+    assert doc["state"] == "running" and doc["pid"] == running["pid"] and doc.get("queued")
+    assert ":phone" in (fleet.hosts["a"].spool / "jobs" / "w.yaml").read_text()
+    gate.touch()
+    doc = fleet.wait_status("a", "w", "succeeded", runs=3)
+    assert fleet.runs("w") == ["a:v1", "a:other", "a:phone"]
+
+
 def _copies(folder: Path, job: str) -> list[str]:
     return sorted(p.name for p in (folder / "jobs").glob(f"{job}.sync-conflict-*"))
 
