@@ -290,11 +290,10 @@ class Mesh:
                 return False
         return True
 
-    def scan(self, name: str | None = None, sub: str | None = None) -> None:
-        """Ask peers to rescan now (Syncthing's watcher delays deletions by design)."""
-        query = f"/rest/db/scan?folder={FOLDER_ID}" + (f"&sub={quote(sub)}" if sub else "")
-        for n in [name] if name else list(self.peers):
-            self.peers[n].api(query, method="POST")
+    def scan(self) -> None:
+        """Ask every peer to rescan now (returns when the scans are done)."""
+        for p in self.peers.values():
+            p.api(f"/rest/db/scan?folder={FOLDER_ID}", method="POST")
 
     def in_sync(self) -> bool:
         for p in self.peers.values():
