@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import secrets
 import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -16,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from filerexec import __version__
+from filerexec import __version__, keystore, signing
 from filerexec.config import Settings, default_host, spool_state_dir, state_base
 from filerexec.daemon import AlreadyRunning, Daemon
 from filerexec.names import job_name
@@ -62,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--once", action="store_true",
                    help="reconcile, run what is due, wait for it, exit")
     s.add_argument("-v", "--verbose", action="store_true", help="log every decision")
+    s.add_argument("--require-signature", action="store_true", default=None,
+                   help="run only signed jobs (filerexec sign) or jobs with a phone code")
+    s.add_argument("--allow", action="append", default=None, metavar="PATTERN",
+                   help="run only commands matching this wildcard pattern (repeatable)")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("status", help="show every host's jobs")
@@ -81,6 +87,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--replace", action="store_true", help="overwrite an existing job file")
     s.add_argument("words", nargs=argparse.REMAINDER, help="-- COMMAND...")
     s.set_defaults(func=cmd_submit)
+
+    s = sub.add_parser("keygen", help="create a signing key, or a phone's TOTP secret")
+    s.add_argument("--name", default=None, help="the device it is for (default: this host)")
+    s.add_argument("--totp", action="store_true",
+                   help="enrol an authenticator app: print an otpauth:// URI and a QR code")
+    s.set_defaults(func=cmd_keygen)
+
+    s = sub.add_parser("sign", help="sign job files (a trailing comment line)")
+    s.add_argument("files", type=Path, nargs="+")
+    s.add_argument("--key", default=None, help="the key to sign with (default: the only one)")
+    s.add_argument("--name", default=None,
+                   help="the job name (default: the path below jobs/, or the file name)")
+    s.set_defaults(func=cmd_sign)
     return p
 
 
@@ -108,6 +127,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {"poll": args.poll}
     if args.rescan is not None:
         overrides["rescan_interval"] = args.rescan
+    if args.require_signature is not None:
+        overrides["require_signature"] = args.require_signature
+    if args.allow is not None:
+        overrides["allow"] = tuple(args.allow)
     settings = Settings(
         spool=spool, host=host,
         state_dir=spool_state_dir(state_base(args.state_dir), spool), **overrides)
@@ -215,6 +238,78 @@ def cmd_submit(args: argparse.Namespace) -> int:
     Path(f.name).replace(target)
     print(f"submitted {target}")
     return OK
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    key_dir = keystore.default_key_dir()
+    name = args.name or default_host()
+    try:
+        if not args.totp:
+            path = keystore.create_key(key_dir, name)
+            print(f"created {path} (readable by you only)")
+            print("Copy it to the keys/ folder of every host that should trust it, over a "
+                  "channel you trust (not the synced folder). Revoke it by removing the file.")
+            return OK
+        path, secret = keystore.create_totp(key_dir, name)
+    except keystore.KeyProblem as e:
+        print(f"filerexec: {e}", file=sys.stderr)
+        return FAILURE
+    uri = signing.otpauth_uri(secret, f"{name}@{default_host()}")
+    print(f"created {path} (readable by you only); scan this with your authenticator app:")
+    try:
+        import segno  # only here: the daemon never needs it
+    except ImportError:  # pragma: no cover - segno is a dependency
+        print("(no QR code: the segno library is missing; type the secret from the URI)")
+    else:
+        segno.make(uri, error="m").terminal(compact=True)
+    print(uri)
+    print("Then put `otp: CODE` into a job file. This secret lives on this host only; "
+          "revoke it by removing the file.")
+    return OK
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    try:
+        key_id, secret = keystore.signing_key(keystore.default_key_dir(), args.key)
+    except keystore.KeyProblem as e:
+        print(f"filerexec: {e}", file=sys.stderr)
+        return FAILURE
+    status = OK
+    for path in args.files:
+        name = args.name or _job_name_of(path)
+        if name is None:
+            print(f"{path}: not a job file name (NAME.yaml); give the job's name with --name")
+            status = FAILURE
+            continue
+        try:
+            data = path.read_bytes()
+            parse_job(signing.split_signature(data)[0], name)
+        except OSError as e:
+            print(f"{path}: cannot read: {e.strerror}")
+            status = FAILURE
+            continue
+        except SpecError as e:
+            print(f"{path}: not signed, fix it first: {e}")
+            status = FAILURE
+            continue
+        # A fresh nonce each time: signing an unchanged file again makes a new run request.
+        nonce = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
+        signed = signing.sign(data, name, key_id, secret, nonce)
+        with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=".~filerexec-",
+                                         suffix=".tmp", delete=False) as f:
+            f.write(signed)
+        Path(f.name).replace(path)
+        print(f"{path}: signed as job {name!r} with key {key_id!r}")
+    return status
+
+
+def _job_name_of(path: Path) -> str | None:
+    """The job a file is (or will be): its path below the nearest jobs/, else its own name."""
+    parts = path.resolve().parts
+    if "jobs" in parts:
+        below = parts[len(parts) - parts[::-1].index("jobs"):]
+        return job_name("/".join(below))
+    return job_name(path.name)
 
 
 if __name__ == "__main__":

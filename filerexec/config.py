@@ -54,6 +54,10 @@ class Settings:
     settle: float = 1.0  # a file written in place is read once it stayed still this long
     log_cap: int = 1024 * 1024
     max_job_bytes: int = 64 * 1024
+    require_signature: bool = False  # only signed jobs run (signing.py)
+    allow: tuple[str, ...] = ()  # command patterns this host runs (policy.py); empty: any
+    key_dir: Path | None = None  # trusted keys; None: keys/ beside the config file
+    totp_window: float = 300.0  # how old a phone's code may be when its job is read
 
     @property
     def jobs_dir(self) -> Path:

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from filerexec.machine import Job, State
+from filerexec.names import job_name
 
 TEMP_PREFIX = ".~filerexec-"
 TEMP_SUFFIX = ".tmp"
@@ -118,10 +119,10 @@ class StatusDir:
         self.host = host
 
     def job_path(self, name: str) -> Path:
-        return self.root / f"{name}.yaml"
+        return self.root / f"{_checked(name)}.yaml"
 
     def log_path(self, name: str) -> Path:
-        return self.root / f"{name}.log"
+        return self.root / f"{_checked(name)}.log"
 
     def write_job(self, job: Job, conflicts: Iterable[str] = ()) -> None:
         atomic_write(self.job_path(job.name), dump_yaml(job_status(job, self.host, conflicts)))
@@ -153,6 +154,17 @@ class StatusDir:
         for path in (self.job_path(name), self.log_path(name)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+
+def _checked(name: str) -> str:
+    """A job name that is safe below status/HOST/ (names.py decides), or ValueError.
+
+    The reconciler only ever makes jobs of such names; checking again where the path is
+    built means no other way in (an old ledger, a future caller) can write elsewhere.
+    """
+    if job_name(f"{name}.yaml") != name:
+        raise ValueError(f"{name!r} is not a safe job name")
+    return name
 
 
 def counts(jobs: Iterable[Job]) -> dict[str, int]:
