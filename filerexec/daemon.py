@@ -246,7 +246,7 @@ class Daemon:
         self._update_conflicts(listing)
         if listing.refused != self.refused:
             for rel in listing.refused.keys() - self.refused.keys():
-                logger.warning("not a job: %r: %s", rel, listing.refused[rel])
+                logger.warning("%r: %s", rel, listing.refused[rel])
             self.refused = dict(listing.refused)
             self._next_heartbeat = now  # host.yaml lists them
         for name, info in listing.jobs.items():
