@@ -122,13 +122,15 @@ def verify_signature(data: bytes, name: str, keys: Mapping[str, bytes]) -> tuple
         raise Rejected(f"signed with key {key_id!r}, which this host does not trust "
                        "(never installed, or revoked)")
     mac = _mac(secret, key_id, match["nonce"].decode(), name, body)
+    signed_for = match["job"].decode("utf-8", "replace")
     if not hmac.compare_digest(mac.encode(), match["mac"]):
-        signed_for = match["job"].decode("utf-8", "replace")
         if signed_for != name:
             raise Rejected(f"the signature is for job {signed_for!r}, not {name!r}: "
                            "a renamed or copied file must be signed again")
         raise Rejected("the signature does not match the content: the file was changed "
                        "after it was signed")
+    if signed_for != name:  # the MAC covers the real name; the text must not mislead
+        raise Rejected("the signature line is damaged: sign the file again")
     return body, f"hmac:{mac}"
 
 
