@@ -478,11 +478,14 @@ class Daemon:
             self._forget_run_files(job)
         if changed and self._index_due is None:
             self._index_due = now + INDEX_DELAY
-        if self._index_due is not None and now >= self._index_due:
-            self.status.write_index(self.jobs.values(), now)
-            self._index_due = None
-        if changed or now >= self._next_heartbeat:
-            self._write_host(now)
+        try:  # a full disk, or a link planted in status/HOST/, must not stop the daemon
+            if self._index_due is not None and now >= self._index_due:
+                self.status.write_index(self.jobs.values(), now)
+                self._index_due = None
+            if changed or now >= self._next_heartbeat:
+                self._write_host(now)
+        except OSError as e:
+            logger.warning("cannot write to %s: %s", self.status.root, e)
 
     def _forget_run_files(self, job: Job) -> None:
         """A finished run's raw output is in the synced log now; keep the state dir small."""

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from filerexec import cli, keystore
+from filerexec import status as status_module
 from filerexec.config import Settings
 from filerexec.daemon import Daemon
 from filerexec.machine import Job, State
@@ -51,7 +52,12 @@ def test_hostile_files_are_refused_and_nothing_is_written_outside_status_host(
     (outside / "dir" / "x.yaml").write_text(TOUCH.format(marker=marker))
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files_under(outside)}
 
+    # The synced status folder is writable by others too: a link planted there must not
+    # carry the host's writes elsewhere.
+    host.status_dir.mkdir(parents=True)
+    os.symlink(outside / "dir", host.status_dir / "nightly")
     host.start()
+    host.drop("nightly/db.yaml", "commands: 'true'\n")
     os.symlink(target, jobs / "link.yaml")
     os.link(target, jobs / "hard.yaml")
     os.mkfifo(jobs / "fifo.yaml")
@@ -99,7 +105,8 @@ def test_hostile_files_are_refused_and_nothing_is_written_outside_status_host(
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files_under(outside)} == before
     written = files_under(host.spool) - files_under(jobs)
     assert written and all(host.status_dir in p.parents for p in written), written
-    assert {p.name for p in host.status_dir.iterdir() if p.is_dir()} == set()  # no sub/, no x
+    assert not [p for p in host.status_dir.iterdir() if p.is_dir() and not p.is_symlink()]
+    assert "not a plain folder" in host.log.read_text()  # nightly/db's status: not written
     # Outside the spool the host writes only its state folder (and the test's daemon log).
     assert {p.name for p in tmp_path.iterdir()} <= {
         "spool", "state", "outside", "daemon-testhost.log"}
@@ -125,6 +132,28 @@ def test_status_paths_are_built_only_from_safe_names(tmp_path: Path, name: str) 
         StatusDir(tmp_path, "h").job_path(name)
     with pytest.raises(ValueError):
         StatusDir(tmp_path, "h").log_path(name)
+
+
+@pytest.mark.parametrize("dir_fd", [True, False])  # False: the path check Windows uses
+def test_status_writes_and_removals_never_pass_through_a_link(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dir_fd: bool) -> None:
+    monkeypatch.setattr(status_module, "_DIR_FD", dir_fd)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "db.yaml").write_text("precious")
+    status = StatusDir(tmp_path / "spool", "h")
+    status.root.mkdir(parents=True)
+    os.symlink(outside, status.root / "nightly")
+    with pytest.raises(OSError, match="symbolic link"):
+        status.write_job(Job("nightly/db"))
+    status.remove_job("nightly/db")
+    assert [p.read_text() for p in outside.iterdir()] == ["precious"]
+    # The host's own folder replaced by a link: refused as well.
+    status.root.rename(tmp_path / "moved")
+    os.symlink(outside, status.root)
+    with pytest.raises(OSError):
+        status.write_host({"host": "h"})
+    assert [p.name for p in outside.iterdir()] == ["db.yaml"]
 
 
 def test_nested_names_like_the_hosts_files_are_fine(tmp_path: Path) -> None:
@@ -280,3 +309,16 @@ def test_keygen_and_sign_commands(key_dir: Path, tmp_path: Path,
     assert cli.main(["keygen", "--totp", "--name", "phone"]) == cli.OK
     out = capsys.readouterr().out
     assert "otpauth://totp/filerexec%3Aphone" in out and "█" in out  # the URI and a QR code
+
+
+# ---- the threat model is written down --------------------------------------------------
+
+
+def test_readme_states_what_the_defences_do_not_stop() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("\n## Security\n", 1)[1].split("\n## ", 1)[0]
+    for words in ("Deletion is unauthenticated", "compromised host account defeats everything",
+                  "sync provider reads the commands", "A phone code is a race",
+                  "require_signature: true", "otp: 123456", "allow:", "warnings:",
+                  "Keeping secrets out of the synced folder", "Sign again to run again"):
+        assert words in section, words
