@@ -154,6 +154,9 @@ def _totp_token(code: str, keys: Mapping[str, bytes], now: float, window: float,
                 store: TokenStore) -> str:
     """The token of an unused enrolled code valid at ``now``; codes up to ``window`` old count
     (sync takes time), and one step ahead (clocks drift)."""
+    if not keys:
+        raise Rejected("the job carries `otp:`, but no authenticator app is enrolled on this "
+                       "host (filerexec keygen --totp)")
     newest, oldest = int(now // TOTP_STEP) + 1, int((now - window) // TOTP_STEP)
     seen_used = False
     for key_id in sorted(keys):

@@ -109,7 +109,7 @@ def test_hostile_files_are_refused_and_nothing_is_written_outside_status_host(
     assert "not a plain folder" in host.log.read_text()  # nightly/db's status: not written
     # Outside the spool the host writes only its state folder (and the test's daemon log).
     assert {p.name for p in tmp_path.iterdir()} <= {
-        "spool", "state", "outside", "daemon-testhost.log"}
+        "spool", "state", "outside", "config", "daemon-testhost.log"}
 
 
 def test_symlinked_folder_is_not_followed_by_scan(tmp_path: Path) -> None:
@@ -212,6 +212,8 @@ def test_keys_inside_the_spool_are_warned_about(tmp_path: Path) -> None:
 @pytest.fixture
 def key_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     config = tmp_path / "config" / "config.yaml"
+    config.parent.mkdir()
+    config.write_text("")  # a config file named by FILEREXEC_CONFIG must exist
     monkeypatch.setenv("FILEREXEC_CONFIG", str(config))  # the daemon inherits it
     return config.parent / "keys"
 

@@ -143,6 +143,11 @@ def test_fresh_code_is_a_new_run_request_but_not_in_the_spec_digest(ledger: Ledg
     assert parse_job(otp_job("111111"), "df").digest == parse_job(otp_job("222222"), "df").digest
 
 
+def test_code_without_an_enrolled_phone_says_so(ledger: Ledger) -> None:
+    with pytest.raises(Rejected, match="no authenticator app is enrolled"):
+        admit(otp_job("123456"), "df", "h", Keyring({}, {}), ledger, NOW, 60)
+
+
 def test_otp_must_be_six_digits() -> None:
     assert parse_job(otp_job("123 456"), "j").otp == "123456"
     with pytest.raises(SpecError, match="six-digit"):
