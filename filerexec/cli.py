@@ -1,8 +1,9 @@
-"""The command line (DESIGN §7): ``filerexec init|serve|status|validate|submit``."""
+"""The command line (DESIGN §7): parse arguments, call the module that does the work."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import secrets
@@ -11,16 +12,17 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import yaml
 
-from filerexec import __version__, keystore, signing
-from filerexec.config import Settings, default_host, spool_state_dir, state_base
+from filerexec import __version__, config, keystore, migrate, service, signing, view
+from filerexec.config import default_host
 from filerexec.daemon import AlreadyRunning, Daemon
+from filerexec.machine import State
 from filerexec.names import job_name
 from filerexec.spec import SpecError, parse_job
 from filerexec.spool import init as init_spool
@@ -36,7 +38,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return USAGE
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except config.ConfigError as e:
+        print(f"filerexec: {e}", file=sys.stderr)
+        return USAGE
     return result
 
 
@@ -52,29 +58,28 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_init)
 
     s = sub.add_parser("serve", help="run the daemon for a spool")
-    s.add_argument("spool", type=Path)
-    s.add_argument("--host", default=None, help="this host's name (default: the OS host name)")
-    s.add_argument("--state-dir", type=Path, default=None,
-                   help="private state (ledger, lock); default: FILEREXEC_STATE_DIR or the "
-                        "platform's state directory")
-    s.add_argument("--poll", action="store_true",
-                   help="no filesystem events (network shares): rescan every second")
-    s.add_argument("--rescan", type=float, default=None, metavar="SECONDS",
-                   help="periodic full rescan interval (default 10)")
+    s.add_argument("spool", type=Path, nargs="?", help="default: `spool:` in the config file")
+    _setting_flags(s)
     s.add_argument("--once", action="store_true",
                    help="reconcile, run what is due, wait for it, exit")
     s.add_argument("-v", "--verbose", action="store_true", help="log every decision")
-    s.add_argument("--require-signature", action="store_true", default=None,
-                   help="run only signed jobs (filerexec sign) or jobs with a phone code")
-    s.add_argument("--allow", action="append", default=None, metavar="PATTERN",
-                   help="run only commands matching this wildcard pattern (repeatable)")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("status", help="show every host's jobs")
-    s.add_argument("spool", type=Path)
-    s.add_argument("--host", default=None, help="only this host")
+    s.add_argument("spool", type=Path, nargs="?", help="default: `spool:` in the config file")
+    s.add_argument("--host", action="append", default=None, help="only this host (repeatable)")
+    s.add_argument("--state", action="append", default=None, choices=[x.value for x in State],
+                   help="only jobs in this state (repeatable)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    _config_flag(s)
     s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("logs", help="show or follow a job's log")
+    s.add_argument("where", nargs="+", metavar="[SPOOL] NAME")
+    s.add_argument("--host", default=None, help="whose log (default: the only host with one)")
+    s.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+    _config_flag(s)
+    s.set_defaults(func=cmd_logs)
 
     s = sub.add_parser("validate", help="check job files; exit 1 with line/column errors")
     s.add_argument("files", type=Path, nargs="+")
@@ -87,6 +92,32 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--replace", action="store_true", help="overwrite an existing job file")
     s.add_argument("words", nargs=argparse.REMAINDER, help="-- COMMAND...")
     s.set_defaults(func=cmd_submit)
+
+    s = sub.add_parser("import", help="split the seed's filerexec.yaml into job files")
+    s.add_argument("old", type=Path, metavar="OLD_FILEREXEC_YAML")
+    s.add_argument("spool", type=Path)
+    s.add_argument("--force", action="store_true", help="overwrite existing job files")
+    s.set_defaults(func=cmd_import)
+
+    s = sub.add_parser("config", help="show the effective settings and where they come from")
+    s.add_argument("action", choices=["show"])
+    s.add_argument("spool", type=Path, nargs="?")
+    _setting_flags(s)
+    s.set_defaults(func=cmd_config)
+
+    s = sub.add_parser("service", help="start `filerexec serve` at boot (systemd, launchd, "
+                                       "Windows Task Scheduler)")
+    s.add_argument("action", choices=["install", "uninstall", "show"])
+    s.add_argument("spool", type=Path, nargs="?", help="default: `spool:` in the config file")
+    s.add_argument("--system", action="store_true",
+                   help="start at boot, before anyone logs in; runs as you (needs root/admin)")
+    s.add_argument("--platform", choices=service.PLATFORMS, default=None,
+                   help="render for this platform (default: this one's)")
+    s.add_argument("--name", default="filerexec", help="unit / agent / task name")
+    s.add_argument("--user", default=None,
+                   help="run as this user (default: you; root only when named here)")
+    _config_flag(s)
+    s.set_defaults(func=cmd_service)
 
     s = sub.add_parser("keygen", help="create a signing key, or a phone's TOTP secret")
     s.add_argument("--name", default=None, help="the device it is for (default: this host)")
@@ -101,6 +132,51 @@ def _parser() -> argparse.ArgumentParser:
                    help="the job name (default: the path below jobs/, or the file name)")
     s.set_defaults(func=cmd_sign)
     return p
+
+
+def _config_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help=f"config file (default: ${config.CONFIG_VAR} or the platform's place)")
+
+
+def _setting_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per setting that has one; None means "not given" (the config file decides)."""
+    for key in config.KEYS:
+        if key.flag is None:
+            continue
+        if isinstance(key.default, bool):
+            p.add_argument(key.flag, dest=key.name, action="store_true", default=None,
+                           help=key.help)
+        elif isinstance(key.default, tuple):  # a list: the flag is repeated, one item each
+            p.add_argument(key.flag, dest=key.name, action="append", default=None,
+                           metavar=key.metavar, help=key.help + " (repeatable)")
+        else:
+            default = "" if key.default is None else f" (default {key.show(key.default)})"
+            p.add_argument(key.flag, dest=key.name, type=_typed(key.parse), default=None,
+                           metavar=key.metavar, help=key.help + default)
+    _config_flag(p)
+
+
+def _typed(parse: Callable[[object], Any]) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return convert
+
+
+def _effective(args: argparse.Namespace, spool_only: bool = False) -> config.Effective:
+    """The settings of this invocation; commands that only read take just SPOOL from flags."""
+    names = ("spool",) if spool_only else config.KEY_NAMES
+    flags = {k: tuple(v) if isinstance(v := getattr(args, k), list) else v
+             for k in names if hasattr(args, k)}
+    return config.resolve(flags, args.config)
+
+
+def _spool(args: argparse.Namespace) -> Path:
+    """SPOOL as given, else the config file's `spool:`; raises ConfigError if neither."""
+    return _effective(args, spool_only=True).settings().spool
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -118,22 +194,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("watchdog", "filelock"):  # their debug lines drown the daemon's own
         logging.getLogger(noisy).setLevel(logging.INFO)
-    spool = args.spool.resolve()
-    if not spool.is_dir():
-        print(f"filerexec: {spool} is not a folder (create it with: filerexec init {spool})",
-              file=sys.stderr)
+    settings = _effective(args).settings()
+    if not settings.spool.is_dir():
+        print(f"filerexec: {settings.spool} is not a folder "
+              f"(create it with: filerexec init {settings.spool})", file=sys.stderr)
         return USAGE
-    host = args.host or default_host()
-    overrides: dict[str, Any] = {"poll": args.poll}
-    if args.rescan is not None:
-        overrides["rescan_interval"] = args.rescan
-    if args.require_signature is not None:
-        overrides["require_signature"] = args.require_signature
-    if args.allow is not None:
-        overrides["allow"] = tuple(args.allow)
-    settings = Settings(
-        spool=spool, host=host,
-        state_dir=spool_state_dir(state_base(args.state_dir), spool), **overrides)
     daemon = Daemon(settings)
     try:
         daemon.open()
@@ -158,35 +223,71 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    root = args.spool / "status"
-    docs: list[dict[str, Any]] = []
-    hosts = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    for host_dir in hosts:
-        if args.host and host_dir.name != args.host:
-            continue
-        for path in sorted(host_dir.rglob("*.yaml")):
-            if path.name == "host.yaml" and path.parent == host_dir:
-                continue
-            try:
-                doc = yaml.safe_load(path.read_text())
-            except (OSError, yaml.YAMLError):
-                continue
-            if isinstance(doc, dict) and "job" in doc:
-                docs.append(doc)
+    docs = view.job_docs(_spool(args), hosts=args.host, states=args.state)
     if args.json:
         print(json.dumps(docs, indent=2, default=str))
         return OK
-    if not docs:
-        print("no jobs yet")
+    print(view.table(docs) if docs else "no jobs yet" if not (args.host or args.state)
+          else "no jobs match")
+    return OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    if len(args.where) > 2:
+        print("filerexec: usage: filerexec logs [SPOOL] NAME", file=sys.stderr)
+        return USAGE
+    args.spool = Path(args.where[0]) if len(args.where) == 2 else None
+    spool, name = _spool(args), args.where[-1]
+    try:
+        log = view.find_log(spool, name, args.host)
+    except view.NotFound as e:
+        print(f"filerexec: {e}", file=sys.stderr)
+        return FAILURE
+    if not args.follow:
+        if not log.exists():
+            print(f"filerexec: {name} has no output yet", file=sys.stderr)
+            return OK
+        sys.stdout.buffer.write(log.read_bytes())
         return OK
-    rows = [("HOST", "JOB", "STATE", "EXIT", "STARTED", "REASON")]
-    for d in docs:
-        rows.append((str(d.get("host", "")), str(d["job"]), str(d.get("state", "")),
-                     str(d.get("exit_code", "")), str(d.get("started", "")),
-                     str(d.get("reason", ""))))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])
+    with contextlib.suppress(KeyboardInterrupt):
+        for chunk in view.follow(log):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+    return OK
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    print(config.describe(_effective(args)), end="")
+    return OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    try:
+        report = migrate.import_seed(args.old, args.spool, force=args.force)
+    except migrate.ImportRefused as e:
+        print(f"filerexec: {e}", file=sys.stderr)
+        return FAILURE
+    print(report, end="")
+    return OK
+
+
+def cmd_service(args: argparse.Namespace) -> int:
+    effective = _effective(args, spool_only=True)
+    try:
+        target = service.Target.here(effective, system=args.system, platform=args.platform,
+                                     name=args.name, user=args.user)
+        plan = getattr(service, args.action if args.action != "show" else "install")(target)
+    except service.ServiceError as e:
+        print(f"filerexec: {e}", file=sys.stderr)
+        return FAILURE
+    if args.action == "show":
+        print(service.describe(plan), end="")
+        return OK
+    try:
+        service.execute(plan)
+    except service.ServiceError as e:
+        print(f"filerexec: {e}", file=sys.stderr)
+        return FAILURE
     return OK
 
 

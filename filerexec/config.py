@@ -1,4 +1,10 @@
-"""Settings of one daemon: defaults, environment, command-line flags.
+"""Settings of one daemon: defaults ← config file ← environment ← command-line flags.
+
+The config file is YAML in platformdirs' user config directory
+(``~/.config/filerexec/config.yaml`` on Linux), or wherever ``FILEREXEC_CONFIG``
+or ``--config`` points. Every key is declared once, in ``KEYS``: its parser,
+default and command-line flag; ``resolve`` layers the sources and remembers
+where each value came from (``filerexec config show`` prints that).
 
 Where the host keeps its private state: platformdirs' state directory (or
 ``--state-dir`` / ``FILEREXEC_STATE_DIR``), one sub-folder per spool, so one
@@ -7,16 +13,25 @@ host can serve several spools and two daemons never share a ledger.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
 import socket
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import platformdirs
+import yaml
+
+from filerexec.spec import SpecError, parse_duration
 
 APP = "filerexec"
+CONFIG_VAR = "FILEREXEC_CONFIG"
+STATE_VAR = "FILEREXEC_STATE_DIR"
+DAY = 86400.0
 
 
 def default_host() -> str:
@@ -27,7 +42,7 @@ def default_host() -> str:
 def state_base(explicit: Path | None = None) -> Path:
     if explicit is not None:
         return explicit
-    env = os.environ.get("FILEREXEC_STATE_DIR")
+    env = os.environ.get(STATE_VAR)
     return Path(env) if env else Path(platformdirs.user_state_dir(APP))
 
 
@@ -54,6 +69,7 @@ class Settings:
     settle: float = 1.0  # a file written in place is read once it stayed still this long
     log_cap: int = 1024 * 1024
     max_job_bytes: int = 64 * 1024
+    retention: float = 7 * DAY  # a deleted job's status and log are removed this long after
     require_signature: bool = False  # only signed jobs run (signing.py)
     allow: tuple[str, ...] = ()  # command patterns this host runs (policy.py); empty: any
     key_dir: Path | None = None  # trusted keys; None: keys/ beside the config file
@@ -66,3 +82,263 @@ class Settings:
     @property
     def scan_interval(self) -> float:
         return self.poll_interval if self.poll else self.rescan_interval
+
+
+# --- the config file ----------------------------------------------------------
+
+
+class ConfigError(ValueError):
+    """A config file or value that cannot be used: which file, which line, which key."""
+
+    def __init__(self, message: str, path: Path | None = None, line: int | None = None) -> None:
+        super().__init__(message)
+        self.message, self.path, self.line = message, path, line
+
+    def __str__(self) -> str:
+        where = "" if self.path is None else f"config file {self.path}"
+        if self.line is not None:
+            where += f", line {self.line}"
+        return f"{where}: {self.message}" if where else self.message
+
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB)?\s*", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+def parse_size(value: object) -> int:
+    """Bytes in a size: a plain number of bytes, or text such as 512KiB, 1MiB, 1.5GiB."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = _SIZE.fullmatch(value) if isinstance(value, str) and len(value) <= 32 else None
+    if match is None:
+        raise ValueError(f"{value!r} is not a size: write e.g. 1048576, 512KiB or 1MiB")
+    return int(float(match[1]) * _SIZE_UNITS[(match[2] or "b").lower()])
+
+
+def _duration(value: object) -> float:
+    try:
+        return parse_duration(value)
+    except SpecError as e:  # same words as in a job file, but a config error here
+        raise ValueError(str(e)) from None
+
+
+def _interval(value: object) -> float:
+    seconds = _duration(value)
+    if seconds < 0.1:  # zero would make the daemon spin
+        raise ValueError(f"{value!r} is too short: at least 0.1s")
+    return seconds
+
+
+def _positive_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"must be a whole number of at least 1, not {value!r}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"must be a whole number of at least 1, not {value!r}") from None
+    if number < 1:
+        raise ValueError(f"must be a whole number of at least 1, not {value!r}")
+    return number
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, not {value!r}")
+    return value
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int) or not str(value).strip():
+        raise ValueError(f"must be a non-empty text, not {value!r}")
+    return str(value).strip()
+
+
+def _path(value: object) -> Path:
+    return Path(os.path.expanduser(_text(value)))
+
+
+def _texts(value: object) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ValueError(f"must be a list of texts, not {value!r}")
+    return tuple(_text(item) for item in items)
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One setting: how to read it, its default, and its command-line flag (if any)."""
+
+    name: str
+    parse: Callable[[object], Any]
+    default: Any
+    help: str
+    flag: str | None = None
+
+    @property
+    def metavar(self) -> str:
+        """How the flag's value is named in ``--help``."""
+        kinds: dict[Callable[[object], Any], str] = {
+            _duration: "DURATION", _interval: "DURATION", parse_size: "SIZE", _positive_int: "N",
+            _path: "DIR", _texts: "PATTERN"}
+        return kinds.get(self.parse, "NAME")
+
+    def show(self, value: Any) -> Any:
+        """The value as a person would write it in the config file."""
+        if value is None:
+            return None
+        if self.parse in (_duration, _interval):
+            return _human_duration(value)
+        if self.parse is parse_size:
+            return _human_size(value)
+        return str(value) if isinstance(value, Path) else (
+            list(value) if isinstance(value, tuple) else value)
+
+
+# The one list of settings. Names are an interface (DESIGN §7): keep them.
+KEYS: tuple[Key, ...] = (
+    Key("spool", _path, None, "the spool served when no SPOOL is given"),
+    Key("host", _text, None, "this host's name (default: the OS host name)", "--host"),
+    Key("state_dir", _path, None, "private state: ledger, lock, raw output", "--state-dir"),
+    Key("poll", _bool, False, "no file events (network shares): list jobs/ every second",
+        "--poll"),
+    Key("max_parallel", _positive_int, 16, "jobs running at once", "--max-parallel"),
+    Key("rescan_interval", _interval, 10.0, "full rescan of jobs/", "--rescan"),
+    Key("heartbeat_interval", _interval, 30.0, "host.yaml refresh", "--heartbeat"),
+    Key("delete_grace", _duration, 2.0, "a job file must stay absent this long to count "
+        "as deleted", "--delete-grace"),
+    Key("kill_grace", _duration, 5.0, "TERM, then KILL after this long", "--kill-grace"),
+    Key("log_cap", parse_size, 1024 * 1024, "a job's log keeps its last this many bytes",
+        "--log-cap"),
+    Key("retention", _duration, 7 * DAY, "a deleted job's status and log are removed after "
+        "this long", "--retention"),
+    Key("require_signature", _bool, False, "run only signed jobs or jobs with a phone code",
+        "--require-signature"),
+    Key("allow", _texts, (), "run only command lines matching these wildcard patterns "
+        "(README, Security); none: any", "--allow"),
+    Key("key_dir", _path, None, "trusted keys (default: keys/ beside the config file)"),
+    Key("totp_window", _duration, 300.0, "how old a phone's code may be when its job is read"),
+)
+KEY_NAMES = tuple(k.name for k in KEYS)
+_BY_NAME = {k.name: k for k in KEYS}
+
+
+def config_path(explicit: Path | None = None,
+                environ: Mapping[str, str] = os.environ) -> tuple[Path, str | None]:
+    """The config file to read, and what named it (None: the platform's default place)."""
+    if explicit is not None:
+        return explicit, "--config"
+    if environ.get(CONFIG_VAR):
+        return Path(environ[CONFIG_VAR]), CONFIG_VAR
+    return Path(platformdirs.user_config_dir(APP)) / "config.yaml", None
+
+
+def parse_config(text: str, path: Path | None = None) -> dict[str, tuple[Any, int]]:
+    """Every key of a config file's text: its parsed value and its line. Raises ConfigError."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"this is not valid YAML ({problem})", path,
+                          None if mark is None else mark.line + 1) from None
+    if root is None:
+        return {}
+    if not isinstance(root, yaml.MappingNode) or not isinstance(data, dict):
+        raise ConfigError("the file must be a mapping of `key: value` lines", path,
+                          root.start_mark.line + 1)
+    found: dict[str, tuple[Any, int]] = {}
+    for key_node, _ in root.value:
+        name, line = str(key_node.value), key_node.start_mark.line + 1
+        if name in found:
+            raise ConfigError(f"`{name}` is set twice (also on line {found[name][1]})", path, line)
+        key = _BY_NAME.get(name)
+        if key is None:
+            close = difflib.get_close_matches(name, KEY_NAMES, n=1)
+            hint = f" (did you mean `{close[0]}`?)" if close else (
+                f"; known keys: {', '.join(KEY_NAMES)}")
+            raise ConfigError(f"unknown key `{name}`{hint}", path, line)
+        try:
+            value = key.parse(data[key_node.value])
+        except ValueError as e:
+            raise ConfigError(f"`{name}`: {e}", path, line) from None
+        if isinstance(value, Path) and path is not None and not value.is_absolute():
+            value = path.parent / value  # relative to the config file, not to wherever we run
+        found[name] = (value, line)
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Effective:
+    """Every setting's value and where it came from, before a spool is chosen."""
+
+    values: dict[str, Any]
+    sources: dict[str, str]
+    config: Path
+    config_found: bool
+    config_named_by: str | None = None  # "--config" or FILEREXEC_CONFIG; None: default place
+
+    def settings(self) -> Settings:
+        """The daemon's settings; raises ConfigError when no spool is named anywhere."""
+        spool = self.values["spool"]
+        if spool is None:
+            raise ConfigError(f"no SPOOL given, and no `spool:` in {self.config}")
+        spool = Path(spool).resolve()
+        extra = {k: self.values[k] for k in KEY_NAMES if k not in ("spool", "host", "state_dir")}
+        return Settings(spool=spool, host=self.values["host"],
+                        state_dir=spool_state_dir(self.values["state_dir"], spool), **extra)
+
+
+def resolve(flags: Mapping[str, Any], config: Path | None = None,
+            environ: Mapping[str, str] = os.environ) -> Effective:
+    """Defaults ← config file ← environment ← flags (a flag set to None is not given)."""
+    path, named_by = config_path(config, environ)
+    values = {k.name: k.default for k in KEYS}
+    sources = dict.fromkeys(KEY_NAMES, "default")
+    values["host"] = default_host()
+    values["state_dir"] = Path(platformdirs.user_state_dir(APP))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if named_by is not None:  # a typo in an explicit path must not silently mean defaults
+            raise ConfigError(f"it does not exist (named by {named_by})",
+                              path) from None
+        text = None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read it: {e}", path) from None
+    for name, (value, _line) in (parse_config(text, path) if text is not None else {}).items():
+        values[name], sources[name] = value, f"config file {path}"
+    if environ.get(STATE_VAR):
+        values["state_dir"], sources["state_dir"] = Path(environ[STATE_VAR]), STATE_VAR
+    for name, value in flags.items():
+        if value is not None:
+            key = _BY_NAME[name]
+            values[name], sources[name] = value, f"flag {key.flag}" if key.flag else "argument"
+    return Effective(values, sources, path, text is not None, named_by)
+
+
+def describe(effective: Effective) -> str:
+    """What ``filerexec config show`` prints: every key, its value and its source."""
+    state = "" if effective.config_found else " (not found: defaults apply)"
+    lines = [f"# config file: {effective.config}{state}"]
+    for key in KEYS:
+        value = effective.values[key.name]
+        # One flow-style line per key: valid YAML to paste into the config file.
+        shown = yaml.safe_dump({key.name: key.show(value)}, default_flow_style=True,
+                               width=1000).strip()[1:-1]
+        lines.append(f"{shown}  # {effective.sources[key.name]}")
+    return "\n".join(lines) + "\n"
+
+
+def _human_duration(seconds: float) -> str:
+    for unit, size in (("d", DAY), ("h", 3600.0), ("m", 60.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def _human_size(size: int) -> str | int:
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return size

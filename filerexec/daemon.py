@@ -198,6 +198,7 @@ class Daemon:
                 self._apply(name, Tick(now))
         self._launch_due(now)
         self._refresh_logs(now)
+        self._forget_expired(now)
         self._publish(now)
         return self._next_deadline(now) - now
 
@@ -494,6 +495,24 @@ class Daemon:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
 
+    def _forget_expired(self, now: float) -> None:
+        """Deleted jobs whose retention is over: their status and log go, then their record."""
+        expired = [name for name, job in self.jobs.items()
+                   if (end := _retention_end(job, self.settings.retention)) is not None
+                   and now >= end]
+        if not expired:
+            return
+        for name in expired:  # files first: a crash in between only repeats the removal
+            self.status.remove_job(name)
+            del self.jobs[name]
+            self._changed.discard(name)
+            self._unsaved.discard(name)
+            self._log_refreshed.pop(name, None)
+        assert self._ledger is not None
+        self._ledger.save((), removed=expired)  # the run history stays, for audits
+        logger.info("retention over, status removed: %s", ", ".join(sorted(expired)))
+        self._index_due = self._next_heartbeat = now
+
     def _write_host(self, now: float, stopping: bool = False) -> None:
         self._next_heartbeat = now + self.settings.heartbeat_interval
         doc: dict[str, Any] = {
@@ -522,6 +541,8 @@ class Daemon:
         deadlines.extend(u.since + self.settings.settle for u in self._unsettled.values())
         for job in self.jobs.values():
             deadlines.extend(_job_deadlines(job, self.timing, now))
+            if (end := _retention_end(job, self.settings.retention)) is not None:
+                deadlines.append(end)
             if job.running and job.run and job.run.run_id not in self._children:
                 deadlines.append(self._next_adopted_poll)
         return min(deadlines)
@@ -538,6 +559,13 @@ def _job_deadlines(job: Job, timing: Timing, now: float) -> Iterable[float]:
             yield job.run.started + job.run.timeout
     elif job.due and job.version and job.version.spec and job.version.spec.not_after:
         yield job.version.spec.not_after.timestamp()
+
+
+def _retention_end(job: Job, retention: float) -> float | None:
+    """When a deleted job's status is removed; None while it has a file or a process."""
+    if job.deleted is None or job.version is not None or phase(job) is not Phase.IDLE:
+        return None
+    return job.deleted + retention
 
 
 def _run_id(now: float) -> str:

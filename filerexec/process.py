@@ -33,6 +33,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
+from typing import Any
 
 import psutil
 
@@ -158,15 +159,9 @@ def spawn(launch: Launch) -> Child:
         os.lseek(fd, 0, os.SEEK_END)  # Windows children ignore the CRT's O_APPEND emulation
         out = fd if launch.stdout else subprocess.DEVNULL
         err = fd if launch.stderr else subprocess.DEVNULL
-        if _NT:
-            popen = subprocess.Popen(_nt_command_line(argv), stdin=subprocess.DEVNULL,
-                                     stdout=out, stderr=err, cwd=cwd, env=env,
-                                     creationflags=_CREATE_NEW_PROCESS_GROUP)
-        else:
-            popen = subprocess.Popen(
-                ["/bin/sh", "-c", _WRAPPER, "filerexec-run", str(launch.exit_path), *argv],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=cwd, env=env,
-                start_new_session=True)
+        command, group = _command(argv, launch.exit_path)
+        popen = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                 cwd=cwd, env=env, **group)
     except OSError as e:
         raise SpawnError(f"cannot start {argv[0]}: {e.strerror or e}") from e
     finally:
@@ -177,6 +172,18 @@ def spawn(launch: Launch) -> Child:
         started = 0.0  # it has already ended (not even a zombie left): never alive again
     logger.debug("run %s started as pid %d: %r", launch.run_id, popen.pid, argv)
     return Child(popen, Handle(popen.pid, started), launch.exit_path)
+
+
+def _command(argv: list[str], exit_path: Path) -> tuple[str | list[str], dict[str, Any]]:
+    """What ``Popen`` runs for a job's ``argv``, and how it gets a process group of its own.
+
+    POSIX: the waiting parent in a new session. Windows: the job's shell itself, as a
+    command line, in a new process group (no waiting parent: see the module docstring).
+    """
+    if _NT:
+        return _nt_command_line(argv), {"creationflags": _CREATE_NEW_PROCESS_GROUP}
+    return (["/bin/sh", "-c", _WRAPPER, "filerexec-run", str(exit_path), *argv],
+            {"start_new_session": True})
 
 
 def alive(handle: Handle) -> bool:
@@ -290,3 +297,15 @@ def _nt_taskkill(handle: Handle) -> None:
         argv = _nt_taskkill_argv(handle.pid, os.environ.get("SYSTEMROOT", r"C:\Windows"))
         subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, check=False, timeout=30)
+
+
+def run_tool(argv: list[str]) -> int:
+    """Run a system tool (systemctl, launchctl, schtasks) in the foreground; its exit code.
+
+    Its output goes to ours: the person installing a service sees what the tool said.
+    """
+    try:
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, check=False).returncode
+    except OSError as e:
+        logger.error("cannot run %s: %s", argv[0], e.strerror or e)
+        return 127

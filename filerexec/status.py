@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import secrets
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -27,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".~filerexec-"
 TEMP_SUFFIX = ".tmp"
+_CUT = "[filerexec: {} earlier bytes not shown]\n"  # heads a log whose start was cut off
+_CUT_RE = re.compile(rb"\[filerexec: (\d+) earlier bytes not shown\]\n")
 
 
 def atomic_write(path: Path, data: bytes, base: Path | None = None) -> None:
@@ -244,7 +247,7 @@ class StatusDir:
             cut = tail.find(b"\n")  # start the tail at a line boundary when one is near
             if 0 <= cut < 4096:
                 tail = tail[cut + 1:]
-            head = f"[filerexec: {size - len(tail)} earlier bytes not shown]\n".encode()
+            head = _CUT.format(size - len(tail)).encode()
             tail = head + tail
         try:
             atomic_write(self.log_path(name), tail, self.spool)
@@ -252,6 +255,7 @@ class StatusDir:
             logger.warning("cannot publish the log of %s: %s", name, e)
 
     def remove_job(self, name: str) -> None:
+        """Remove a job's status and log (the retention period of a deleted job is over)."""
         for path in (self.job_path(name), self.log_path(name)):
             remove_below(self.spool, path)
 
@@ -265,6 +269,12 @@ def _checked(name: str) -> str:
     if job_name(f"{name}.yaml") != name:
         raise ValueError(f"{name!r} is not a safe job name")
     return name
+
+
+def split_log(data: bytes) -> tuple[int, bytes]:
+    """A synced log's output and the offset it starts at in the run's whole output."""
+    match = _CUT_RE.match(data)
+    return (int(match[1]), data[match.end():]) if match else (0, data)
 
 
 def counts(jobs: Iterable[Job]) -> dict[str, int]:

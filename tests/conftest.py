@@ -83,6 +83,16 @@ class Host:
             return ""
 
 
+@pytest.fixture(autouse=True)
+def _isolated_config(tmp_path_factory: pytest.TempPathFactory,
+                     monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No test (nor the daemons it starts) reads the developer's own config file."""
+    path = tmp_path_factory.mktemp("config") / "config.yaml"
+    path.write_text("")
+    monkeypatch.setenv("FILEREXEC_CONFIG", str(path))
+    return path
+
+
 @pytest.fixture
 def spool(tmp_path: Path) -> Path:
     root = tmp_path / "spool"

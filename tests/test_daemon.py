@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -99,11 +100,17 @@ def test_replace_by_rename_within_grace_never_kills(host: Host) -> None:
     host.wait_state("r", "running")
     job = host.spool / "jobs" / "r.yaml"
     aside = job.with_name(".r.yaml.aside")
+    status = host.status_dir / "r.yaml"
+    inode = status.stat().st_ino
     os.replace(job, aside)  # what a sync client resolving a conflict does for a moment
-    wait_for(lambda: (host.status_dir / "host.yaml").stat().st_mtime > 0, what="a scan")
+    gone_at = time.time()
+    # The daemon noticed the absence: it rewrote the status (its record changed).
+    wait_for(lambda: status.stat().st_ino != inode, what="the daemon to see the file missing")
     os.replace(aside, job)
+    # Past the 2 s grace, plus a 1 s rescan: the deletion would have been confirmed by now.
+    wait_for(lambda: time.time() > gone_at + 3.5, what="the grace period to pass")
     doc = host.status("r")
-    assert doc and doc["state"] == "running"
+    assert doc and doc["state"] == "running" and "deleted" not in doc
     (host.spool / "jobs" / "r.yaml").unlink()
     host.wait_state("r", "killed", timeout=20)
 
@@ -156,8 +163,9 @@ def test_conflicted_copy_listed_and_never_run(host: Host, tmp_path: Path) -> Non
     host.drop("c.yaml", "commands: 'true'\n")
     host.drop("c.sync-conflict-20261128-050429-5TKYFLG.yaml", f"commands: touch {marker}\n")
     host.drop("c (Jane's conflicted copy 2026-11-28).yaml", f"commands: touch {marker}\n")
-    doc = wait_for(lambda: (d := host.status("c")) and len(d.get("conflicts", [])) == 2 and d,
-                   what="both conflicted copies listed")
+    doc = wait_for(lambda: (d := host.status("c")) and len(d.get("conflicts", [])) == 2
+                   and d.get("state") == "succeeded" and d,
+                   what="both conflicted copies listed and the job finished")
     assert doc["state"] == "succeeded"
     assert not marker.exists()
     assert not list(host.status_dir.glob("*conflict*"))

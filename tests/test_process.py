@@ -144,9 +144,10 @@ def test_terminate_kills_the_whole_tree(tmp_path: Path, start: Callable[[Launch]
 def test_kill_reaches_a_job_that_ignores_term(tmp_path: Path,
                                               start: Callable[[Launch], Child]) -> None:
     # The wrapper outlives TERM, so the leader stays alive() and KILL still goes to the group.
-    lc = launch(tmp_path, "trap 'echo got-term' TERM; while :; do sleep 0.05; done")
+    lc = launch(tmp_path, "trap 'echo got-term' TERM; echo ready; while :; do sleep 0.05; done")
     child = start(lc)
-    wait_for(lambda: psutil.Process(child.handle.pid).children(), what="job shell")
+    # Signal only once the trap is in place, or TERM would end the job before it.
+    wait_for(lambda: "ready" in lc.output_path.read_text(), what="the job's TERM trap")
     terminate(child.handle, lc.run_id)
     wait_for(lambda: "got-term" in lc.output_path.read_text(), what="TERM delivered")
     assert alive(child.handle)
@@ -302,3 +303,41 @@ def test_windows_command_line_and_taskkill() -> None:
     assert process._nt_command_line(["pwsh", "-Command", "a b"]) == 'pwsh -Command "a b"'
     assert process._nt_taskkill_argv(42, "C:\\Windows") == [
         "C:\\Windows\\System32\\taskkill.exe", "/T", "/F", "/PID", "42"]
+
+
+def test_popen_command_and_process_group_per_platform(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    exit_path = tmp_path / "r.exit"
+    command, group = process._command(["/bin/sh", "-c", "x"], exit_path)
+    assert command[:2] == ["/bin/sh", "-c"] and command[3:] == [
+        "filerexec-run", str(exit_path), "/bin/sh", "-c", "x"]
+    assert group == {"start_new_session": True}
+    monkeypatch.setattr(process, "_NT", True)
+    command, group = process._command([r"C:\Windows\System32\cmd.exe", "/d", "/s", "/c", "x"],
+                                      exit_path)
+    assert command == r'C:\Windows\System32\cmd.exe /d /s /c "x"'  # no waiting parent there
+    assert group == {"creationflags": 0x200}  # CREATE_NEW_PROCESS_GROUP
+
+
+def test_windows_terminate_and_kill_end_the_tree_with_taskkill_by_absolute_path(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+    monkeypatch.setattr(process, "_NT", True)
+    monkeypatch.setenv("SYSTEMROOT", r"D:\Win")
+    monkeypatch.setattr(process.subprocess, "run",
+                        lambda argv, **kw: calls.append(argv))  # type: ignore[misc]
+    monkeypatch.setattr(process.os, "killpg", lambda *a: pytest.fail("killpg on Windows"))
+    monkeypatch.setattr(process, "alive", lambda handle: handle.pid == 42)
+    process.terminate(Handle(42, 1.0), "run")
+    process.kill(Handle(42, 1.0), "run")
+    process.kill(Handle(43, 1.0), "run")  # not alive (or its pid reused): never signalled
+    assert calls == [[r"D:\Win\System32\taskkill.exe", "/T", "/F", "/PID", "42"]] * 2
+
+
+def test_windows_child_wait_records_the_exit_code(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(process, "_NT", True)
+    exit_path = tmp_path / "r.exit"
+    with subprocess.Popen(["/bin/sh", "-c", "exit 7"]) as popen:
+        assert process.Child(popen, Handle(popen.pid, 0.0), exit_path).wait(10) == 7
+    assert process.read_exit(exit_path) == 7

@@ -267,7 +267,9 @@ def test_only_signed_jobs_run_and_replays_are_refused(host: Host, key_dir: Path,
 
 def test_phone_code_runs_once_per_host(host: Host, key_dir: Path) -> None:
     _, secret = keystore.create_totp(key_dir, "phone")
-    host.start("--require-signature")
+    # Set in the config file this time, as an owner would.
+    (key_dir.parent / "config.yaml").write_text("require_signature: true\ntotp_window: 2m\n")
+    host.start()
     code = totp(secret, time.time())
     host.drop("df.yaml", f"commands: echo from-phone\notp: {code}\n")
     host.wait_state("df", "succeeded")
