@@ -6,10 +6,12 @@ import argparse
 import contextlib
 import json
 import logging
+import secrets
 import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -17,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from filerexec import __version__, config, migrate, service, view
+from filerexec import __version__, config, keystore, migrate, service, signing, view
+from filerexec.config import default_host
 from filerexec.daemon import AlreadyRunning, Daemon
 from filerexec.machine import State
 from filerexec.names import job_name
@@ -115,6 +118,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="run as this user (default: you; root only when named here)")
     _config_flag(s)
     s.set_defaults(func=cmd_service)
+
+    s = sub.add_parser("keygen", help="create a signing key, or a phone's TOTP secret")
+    s.add_argument("--name", default=None, help="the device it is for (default: this host)")
+    s.add_argument("--totp", action="store_true",
+                   help="enrol an authenticator app: print an otpauth:// URI and a QR code")
+    s.set_defaults(func=cmd_keygen)
+
+    s = sub.add_parser("sign", help="sign job files (a trailing comment line)")
+    s.add_argument("files", type=Path, nargs="+")
+    s.add_argument("--key", default=None, help="the key to sign with (default: the only one)")
+    s.add_argument("--name", default=None,
+                   help="the job name (default: the path below jobs/, or the file name)")
+    s.set_defaults(func=cmd_sign)
     return p
 
 
@@ -131,6 +147,9 @@ def _setting_flags(p: argparse.ArgumentParser) -> None:
         if isinstance(key.default, bool):
             p.add_argument(key.flag, dest=key.name, action="store_true", default=None,
                            help=key.help)
+        elif isinstance(key.default, tuple):  # a list: the flag is repeated, one item each
+            p.add_argument(key.flag, dest=key.name, action="append", default=None,
+                           metavar=key.metavar, help=key.help + " (repeatable)")
         else:
             default = "" if key.default is None else f" (default {key.show(key.default)})"
             p.add_argument(key.flag, dest=key.name, type=_typed(key.parse), default=None,
@@ -150,7 +169,8 @@ def _typed(parse: Callable[[object], Any]) -> Callable[[str], Any]:
 def _effective(args: argparse.Namespace, spool_only: bool = False) -> config.Effective:
     """The settings of this invocation; commands that only read take just SPOOL from flags."""
     names = ("spool",) if spool_only else config.KEY_NAMES
-    flags = {k: getattr(args, k) for k in names if hasattr(args, k)}
+    flags = {k: tuple(v) if isinstance(v := getattr(args, k), list) else v
+             for k in names if hasattr(args, k)}
     return config.resolve(flags, args.config)
 
 
@@ -319,6 +339,78 @@ def cmd_submit(args: argparse.Namespace) -> int:
     Path(f.name).replace(target)
     print(f"submitted {target}")
     return OK
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    key_dir = keystore.default_key_dir()
+    name = args.name or default_host()
+    try:
+        if not args.totp:
+            path = keystore.create_key(key_dir, name)
+            print(f"created {path} (readable by you only)")
+            print("Copy it to the keys/ folder of every host that should trust it, over a "
+                  "channel you trust (not the synced folder). Revoke it by removing the file.")
+            return OK
+        path, secret = keystore.create_totp(key_dir, name)
+    except keystore.KeyProblem as e:
+        print(f"filerexec: {e}", file=sys.stderr)
+        return FAILURE
+    uri = signing.otpauth_uri(secret, f"{name}@{default_host()}")
+    print(f"created {path} (readable by you only); scan this with your authenticator app:")
+    try:
+        import segno  # only here: the daemon never needs it
+    except ImportError:  # pragma: no cover - segno is a dependency
+        print("(no QR code: the segno library is missing; type the secret from the URI)")
+    else:
+        segno.make(uri, error="m").terminal(compact=True)
+    print(uri)
+    print("Then put `otp: CODE` into a job file. This secret lives on this host only; "
+          "revoke it by removing the file.")
+    return OK
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    try:
+        key_id, secret = keystore.signing_key(keystore.default_key_dir(), args.key)
+    except keystore.KeyProblem as e:
+        print(f"filerexec: {e}", file=sys.stderr)
+        return FAILURE
+    status = OK
+    for path in args.files:
+        name = args.name or _job_name_of(path)
+        if name is None:
+            print(f"{path}: not a job file name (NAME.yaml); give the job's name with --name")
+            status = FAILURE
+            continue
+        try:
+            data = path.read_bytes()
+            parse_job(signing.split_signature(data)[0], name)
+        except OSError as e:
+            print(f"{path}: cannot read: {e.strerror}")
+            status = FAILURE
+            continue
+        except SpecError as e:
+            print(f"{path}: not signed, fix it first: {e}")
+            status = FAILURE
+            continue
+        # A fresh nonce each time: signing an unchanged file again makes a new run request.
+        nonce = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
+        signed = signing.sign(data, name, key_id, secret, nonce)
+        with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=".~filerexec-",
+                                         suffix=".tmp", delete=False) as f:
+            f.write(signed)
+        Path(f.name).replace(path)
+        print(f"{path}: signed as job {name!r} with key {key_id!r}")
+    return status
+
+
+def _job_name_of(path: Path) -> str | None:
+    """The job a file is (or will be): its path below the nearest jobs/, else its own name."""
+    parts = path.resolve().parts
+    if "jobs" in parts:
+        below = parts[len(parts) - parts[::-1].index("jobs"):]
+        return job_name("/".join(below))
+    return job_name(path.name)
 
 
 if __name__ == "__main__":

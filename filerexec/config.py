@@ -70,8 +70,10 @@ class Settings:
     log_cap: int = 1024 * 1024
     max_job_bytes: int = 64 * 1024
     retention: float = 7 * DAY  # a deleted job's status and log are removed this long after
-    require_signature: bool = False  # loaded and shown here; enforced by the signing module
-    allow: tuple[str, ...] = ()
+    require_signature: bool = False  # only signed jobs run (signing.py)
+    allow: tuple[str, ...] = ()  # command patterns this host runs (policy.py); empty: any
+    key_dir: Path | None = None  # trusted keys; None: keys/ beside the config file
+    totp_window: float = 300.0  # how old a phone's code may be when its job is read
 
     @property
     def jobs_dir(self) -> Path:
@@ -177,7 +179,7 @@ class Key:
         """How the flag's value is named in ``--help``."""
         kinds: dict[Callable[[object], Any], str] = {
             _duration: "DURATION", _interval: "DURATION", parse_size: "SIZE", _positive_int: "N",
-            _path: "DIR"}
+            _path: "DIR", _texts: "PATTERN"}
         return kinds.get(self.parse, "NAME")
 
     def show(self, value: Any) -> Any:
@@ -209,8 +211,12 @@ KEYS: tuple[Key, ...] = (
         "--log-cap"),
     Key("retention", _duration, 7 * DAY, "a deleted job's status and log are removed after "
         "this long", "--retention"),
-    Key("require_signature", _bool, False, "run only signed job files"),
-    Key("allow", _texts, (), "who may sign jobs (the signing feature reads it)"),
+    Key("require_signature", _bool, False, "run only signed jobs or jobs with a phone code",
+        "--require-signature"),
+    Key("allow", _texts, (), "run only command lines matching these wildcard patterns "
+        "(README, Security); none: any", "--allow"),
+    Key("key_dir", _path, None, "trusted keys (default: keys/ beside the config file)"),
+    Key("totp_window", _duration, 300.0, "how old a phone's code may be when its job is read"),
 )
 KEY_NAMES = tuple(k.name for k in KEYS)
 _BY_NAME = {k.name: k for k in KEYS}

@@ -24,7 +24,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from filerexec import __version__, process
+from filerexec import __version__, keystore, process, signing
 from filerexec.config import Settings
 from filerexec.ledger import Ledger
 from filerexec.machine import (
@@ -48,6 +48,7 @@ from filerexec.machine import (
     phase,
     transition,
 )
+from filerexec.policy import policy_problem
 from filerexec.spec import JobSpec, SpecError, parse_job
 from filerexec.spool import FileStat, Listing, NotReady, Refused, read_job_file, scan
 from filerexec.status import StatusDir, counts, timestamp
@@ -58,6 +59,7 @@ logger = logging.getLogger(__name__)
 ADOPTED_POLL = 1.0  # how often a job we did not spawn (adopted after a restart) is checked
 LOG_REFRESH = 5.0  # how often a running job's log is copied into the synced folder
 INDEX_DELAY = 1.0  # coalesce index.md rewrites
+MAX_REFUSED = 20  # refused file names listed in host.yaml
 
 
 class AlreadyRunning(Exception):
@@ -103,6 +105,9 @@ class Daemon:
         self.started = 0.0
         self.last_scan: float | None = None
         self.spool_available = True
+        self.key_dir = settings.key_dir or keystore.default_key_dir()
+        self.warnings: list[str] = []  # shown in host.yaml: what the owner should fix
+        self.refused: dict[str, str] = {}  # files under jobs/ whose names cannot be jobs
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -126,8 +131,21 @@ class Daemon:
         self._adopt(self.started)
         if not self.settings.poll:
             self.watcher.ensure()
+        self._check_setup()
         logger.info("serving %s as host %s (%d jobs known, watcher: %s)",
                     self.settings.spool, self.settings.host, len(self.jobs), self.watcher.kind)
+
+    def _check_setup(self) -> None:
+        """Warn loudly, in the log and in host.yaml, about a set-up that weakens security."""
+        if getattr(os, "geteuid", lambda: -1)() == 0:
+            self.warnings.append("running as root: every job runs as root; run filerexec as "
+                                 "an ordinary user")
+        if self.settings.spool.resolve() in (self.key_dir.resolve(), *self.key_dir.resolve(
+                ).parents):
+            self.warnings.append(f"the key folder {self.key_dir} is inside the synced folder: "
+                                 "whoever can read the spool can sign jobs; move it")
+        for warning in self.warnings:
+            logger.warning("SECURITY WARNING: %s", warning)
 
     def close(self) -> None:
         """Stop watching and release the lock; running jobs keep running."""
@@ -227,6 +245,11 @@ class Daemon:
         if listing is None:
             return
         self._update_conflicts(listing)
+        if listing.refused != self.refused:
+            for rel in listing.refused.keys() - self.refused.keys():
+                logger.warning("%r: %s", rel, listing.refused[rel])
+            self.refused = dict(listing.refused)
+            self._next_heartbeat = now  # host.yaml lists them
         for name, info in listing.jobs.items():
             if self._known.get(name) == info.key:
                 continue
@@ -269,12 +292,27 @@ class Daemon:
             self._known.pop(name, None)  # retry on the next rescan
             return Version(Readiness.NOT_READY, problem=problem, mtime=mtime, seen=now)
         try:
-            spec = parse_job(data, name)
+            spec = self._admit(name, data, now)
+        except signing.Rejected as e:
+            logger.warning("job %s rejected: %s", name, e)
+            return Version(Readiness.REJECTED, problem=str(e), mtime=mtime, seen=now)
         except SpecError as e:
             return Version(Readiness.INVALID, problem=str(e), mtime=mtime, seen=now)
         if not spec.targets(self.settings.host):
             return Version(Readiness.OTHER_HOST, spec, mtime=mtime, seen=now)
         return Version(Readiness.VALID, spec, mtime=mtime, seen=self._first_seen(name, spec, now))
+
+    def _admit(self, name: str, data: bytes, now: float) -> JobSpec:
+        """Parse a job file; authenticate it first if the host requires signed jobs."""
+        s = self.settings
+        if s.require_signature:
+            assert self._ledger is not None
+            return signing.admit(data, name, s.host, keystore.load(self.key_dir), self._ledger,
+                                 now, s.totp_window, s.allow)
+        spec = parse_job(data, name)
+        if spec.targets(s.host) and (problem := policy_problem(spec, s.allow)):
+            raise signing.Rejected(problem)
+        return spec
 
     def _first_seen(self, name: str, spec: JobSpec, now: float) -> float:
         """A touch or an identical re-delivery keeps the time this version was first seen."""
@@ -441,6 +479,9 @@ class Daemon:
                 continue
             try:
                 self.status.write_job(job, self.conflicts.get(name, ()))
+            except ValueError as e:  # not a safe name (an old ledger): never written anywhere
+                logger.warning("no status file for %r: %s", name, e)
+                continue
             except OSError as e:  # full or read-only: keep it dirty, the next round retries
                 logger.warning("cannot write the status of %s: %s", name, e)
                 self._changed.add(name)
@@ -448,11 +489,14 @@ class Daemon:
             self._forget_run_files(job)
         if changed and self._index_due is None:
             self._index_due = now + INDEX_DELAY
-        if self._index_due is not None and now >= self._index_due:
-            self.status.write_index(self.jobs.values(), now)
-            self._index_due = None
-        if changed or now >= self._next_heartbeat:
-            self._write_host(now)
+        try:  # a full disk, or a link planted in status/HOST/, must not stop the daemon
+            if self._index_due is not None and now >= self._index_due:
+                self.status.write_index(self.jobs.values(), now)
+                self._index_due = None
+            if changed or now >= self._next_heartbeat:
+                self._write_host(now)
+        except OSError as e:
+            logger.warning("cannot write to %s: %s", self.status.root, e)
 
     def _forget_run_files(self, job: Job) -> None:
         """A finished run's raw output is in the synced log now; keep the state dir small."""
@@ -493,6 +537,11 @@ class Daemon:
             "watcher": "polling" if self.settings.poll else self.watcher.kind,
             "jobs": counts(self.jobs.values()),
         }
+        if self.warnings:
+            doc["warnings"] = list(self.warnings)
+        if self.refused:  # names that get no status file of their own, and why
+            doc["refused"] = [{"file": rel, "reason": reason}
+                              for rel, reason in sorted(self.refused.items())[:MAX_REFUSED]]
         self.status.write_host(doc)
 
     def _next_deadline(self, now: float) -> float:

@@ -7,6 +7,9 @@ the spawn and no restart ever runs a job twice.
 
 Two tables: ``jobs`` holds one snapshot per job name (what the state machine
 needs to resume), ``runs`` the history of every run (for ``runs:`` and audits).
+For signed jobs (signing.py), ``tokens`` remembers every signature and code ever
+accepted (a replay is refused) and ``accepted`` the file each job was last
+accepted as, until the job's deletion (a re-read of that same file is no replay).
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ CREATE TABLE IF NOT EXISTS runs (
     finished REAL, exit_code INTEGER, outcome TEXT, reason TEXT);
 CREATE INDEX IF NOT EXISTS runs_by_job ON runs (job, started);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (token TEXT PRIMARY KEY, job TEXT NOT NULL, used REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS accepted (
+    job TEXT PRIMARY KEY, token TEXT NOT NULL, fingerprint TEXT NOT NULL);
 """
 
 
@@ -66,8 +72,12 @@ class Ledger:
                         (r.run_id, job.name, r.digest, r.started, r.finished, r.exit_code,
                          r.outcome, r.reason),
                     )
+                if job.deleted is not None:
+                    # Deleted: dropping the same signed bytes again is a replay from now on.
+                    db.execute("DELETE FROM accepted WHERE job = ?", (job.name,))
             for name in removed:
                 db.execute("DELETE FROM jobs WHERE name = ?", (name,))
+                db.execute("DELETE FROM accepted WHERE job = ?", (name,))
 
     def runs(self, job: str | None = None) -> list[dict[str, Any]]:
         """Run history, oldest first (all jobs, or one)."""
@@ -88,6 +98,24 @@ class Ledger:
     def set_meta(self, key: str, value: str) -> None:
         with self._transaction() as db:
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def token_used(self, token: str) -> bool:
+        """True if a signature or code was ever accepted on this host."""
+        return self._db.execute("SELECT 1 FROM tokens WHERE token = ?", (token,)).fetchone() \
+            is not None
+
+    def accepted(self, job: str) -> tuple[str, str] | None:
+        """The token and file fingerprint ``job`` was last accepted with (None after deletion)."""
+        row = self._db.execute("SELECT token, fingerprint FROM accepted WHERE job = ?",
+                               (job,)).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def accept(self, job: str, token: str, fingerprint: str, now: float) -> None:
+        """Record a token as used, durably, before the job it admits can start."""
+        with self._transaction() as db:
+            db.execute("INSERT INTO tokens (token, job, used) VALUES (?, ?, ?)", (token, job, now))
+            db.execute("INSERT OR REPLACE INTO accepted (job, token, fingerprint) VALUES (?, ?, ?)",
+                       (job, token, fingerprint))
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)

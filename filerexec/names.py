@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["Classified", "Kind", "classify", "is_skipped_dir", "job_name"]
+__all__ = ["Classified", "Kind", "classify", "is_skipped_dir", "job_name", "refusal"]
 
 
 class Kind(StrEnum):
@@ -142,9 +142,46 @@ def classify(relpath: str) -> Classified:
     if verdict.job is None:
         return verdict
     job = "/".join([*folders, verdict.job])
-    if _CONTROL.search(job):
+    if _name_problem(job):
         return Classified(Kind.OTHER)
     return Classified(verdict.kind, job)
+
+
+# The host's own files in status/HOST/: no job's status may land on them, and no job's
+# folder may take their names (a folder `index.md/` would block index.md for good).
+_RESERVED_JOBS = frozenset({"host"})  # status/HOST/host.yaml is the heartbeat
+_RESERVED_FOLDER = re.compile(r".*\.(?:yaml|log)|index\.md", re.DOTALL | re.IGNORECASE)
+
+
+def _name_problem(job: str) -> str | None:
+    """Why ``job`` cannot name a job: it must be safe as a path below status/HOST/."""
+    if _CONTROL.search(job):
+        return "its name contains a control character"
+    if "\\" in job:
+        return "its name contains a backslash, which Windows reads as a folder separator"
+    *folders, last = job.split("/")
+    if not folders and last.casefold() in _RESERVED_JOBS:
+        return f"the job name {last!r} is reserved: status/HOST/{last}.yaml is the heartbeat"
+    for folder in folders:
+        if _RESERVED_FOLDER.fullmatch(folder):
+            return (f"the folder name {folder!r} is reserved: it would clash with a status "
+                    "file of this name")
+    return None
+
+
+def refusal(relpath: str) -> str | None:
+    """Why a path named like a job file is not a job for safety's sake; None if it is not."""
+    parts = relpath.split("/")
+    base = parts[-1]
+    match = _JOB_FILE.fullmatch(base)
+    if match is None or _noise(base) is not None:
+        return None
+    if any(part in ("", ".", "..") for part in parts):
+        return "its path has an empty, '.' or '..' part"
+    if any(is_skipped_dir(folder) for folder in parts[:-1]):
+        return None
+    problem = _name_problem("/".join([*parts[:-1], match["stem"]]))
+    return None if problem is None else f"not a job: {problem}; rename the file"
 
 
 def job_name(relpath: str) -> str | None:

@@ -31,8 +31,9 @@ __all__ = ["KEYS", "MAX_JOB_BYTES", "JobSpec", "SpecError", "parse_duration", "p
 
 MAX_JOB_BYTES = 64 * 1024
 KEYS = frozenset({"commands", "operation", "stdout", "stderr", "host", "cwd", "env", "shell",
-                  "timeout", "run", "not_after"})
-_OPTIONAL = frozenset({"cwd", "env", "shell", "timeout", "run", "not_after"})  # empty: default
+                  "timeout", "run", "not_after", "otp"})
+# Left empty, these mean their default.
+_OPTIONAL = frozenset({"cwd", "env", "shell", "timeout", "run", "not_after", "otp"})
 _MAX_DEPTH = 6  # collections inside collections; a real job file needs 2 (file → env)
 _MAX_NODES = 5000  # values in a file: more commands than anyone types, and cheap to read
 _NULL = "tag:yaml.org,2002:null"
@@ -72,6 +73,7 @@ class JobSpec:
     timeout: float | None = None
     run: str | None = None
     not_after: datetime | None = None
+    otp: str | None = None  # a one-time code from a phone (signing.py); not in the digest
     digest: str = ""
 
     def __post_init__(self) -> None:
@@ -310,6 +312,13 @@ def _timeout(key: str, node: Node) -> float:
     return seconds
 
 
+def _otp(key: str, node: Node) -> str:
+    code = re.sub(r"[ \t]", "", _word(key, node))  # authenticator apps show "123 456"
+    if not re.fullmatch(r"[0-9]{6}", code):
+        raise ValueError(f"`{key}` is not six digits")
+    return code
+
+
 def _not_after(key: str, node: Node) -> datetime:
     text = _word(key, node)
     try:  # a bare date lasts until the end of that day
@@ -334,6 +343,7 @@ _FIELDS: dict[str, tuple[str, Callable[[str, Node], Any], str, str | None]] = {
     "timeout": ("timeout", _timeout, "a duration longer than zero", _DURATION_HINT),
     "run": ("run", _word, "a single value such as 1", None),
     "not_after": ("not_after", _not_after, "a date and time like 2026-12-01T08:00:00+01:00", None),
+    "otp": ("otp", _otp, "the six-digit code of your authenticator app", "e.g. `otp: 123456`"),
 }
 
 

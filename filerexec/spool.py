@@ -12,7 +12,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from filerexec.names import Kind, classify, is_skipped_dir
+from filerexec.names import Kind, classify, is_skipped_dir, refusal
 
 # When two files name one job (backup.yaml and backup.yml), the first suffix wins.
 _SUFFIX_RANK = (".yaml", ".yml", ".yaml.txt", ".yml.txt")
@@ -61,6 +61,7 @@ class Listing:
 
     jobs: dict[str, FileStat] = field(default_factory=dict)
     conflicts: dict[str, list[str]] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # unsafe job-like names → why
 
 
 def scan(jobs_dir: Path) -> Listing | None:
@@ -94,6 +95,8 @@ def _walk(folder: Path, prefix: str, listing: Listing, chosen: dict[str, str]) -
             found = classify(rel)
             if found.kind is Kind.CONFLICT and found.job:
                 listing.conflicts.setdefault(found.job, []).append(rel)
+            elif found.kind is Kind.OTHER and (why := refusal(rel)):
+                listing.refused[rel] = why
             elif found.kind is Kind.JOB and found.job:
                 name = found.job
                 current = chosen.get(name)

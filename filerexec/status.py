@@ -9,8 +9,10 @@ fsync, rename over the target. The host never writes under ``jobs/``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
+import secrets
 import tempfile
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -20,6 +22,9 @@ from typing import Any
 import yaml
 
 from filerexec.machine import Job, State
+from filerexec.names import job_name
+
+logger = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".~filerexec-"
 TEMP_SUFFIX = ".tmp"
@@ -27,8 +32,19 @@ _CUT = "[filerexec: {} earlier bytes not shown]\n"  # heads a log whose start wa
 _CUT_RE = re.compile(rb"\[filerexec: (\d+) earlier bytes not shown\]\n")
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: temp file in the same folder, fsync, rename."""
+def atomic_write(path: Path, data: bytes, base: Path | None = None) -> None:
+    """Replace ``path`` with ``data``: temp file in the same folder, fsync, rename.
+
+    With ``base``, no folder between ``base`` and ``path`` may be a symbolic link: the
+    synced tree is writable by others, and a link planted at ``status/HOST/nightly``
+    must not make the host write (or delete) anywhere else. On POSIX the folders are
+    walked with O_NOFOLLOW descriptors, so no race with the link's creation exists.
+    """
+    if base is not None and _DIR_FD:
+        _write_below(base, path, data)
+        return
+    if base is not None:
+        _check_no_links(base, path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=path.parent)
     try:
@@ -41,6 +57,86 @@ def atomic_write(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+_DIR_FD = {os.open, os.mkdir, os.rename, os.unlink} <= os.supports_dir_fd
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+
+
+def _open_folder(base: Path, folder: Path, create: bool) -> int:
+    """A descriptor of ``folder``, reached from ``base`` without following any link."""
+    fd = os.open(base, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        for part in folder.relative_to(base).parts:
+            try:
+                below = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                below = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as e:  # ELOOP or ENOTDIR: a link, or a file, where a folder must be
+                raise OSError(e.errno, f"{folder}: {part!r} is not a plain folder "
+                              "(a symbolic link?); not writing through it") from None
+            os.close(fd)
+            fd = below
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _write_below(base: Path, path: Path, data: bytes) -> None:
+    folder = _open_folder(base, path.parent, create=True)
+    tmp = f"{TEMP_PREFIX}{secrets.token_hex(6)}{TEMP_SUFFIX}"
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        with os.fdopen(os.open(tmp, flags, 0o600, dir_fd=folder), "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path.name, src_dir_fd=folder, dst_dir_fd=folder)  # replaces on POSIX
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=folder)
+        raise
+    finally:
+        os.close(folder)
+
+
+def _check_no_links(base: Path, folder: Path) -> None:
+    """Where descriptors cannot be walked (Windows): refuse a link found on the way."""
+    current = base
+    for part in folder.relative_to(base).parts:
+        current = current / part
+        if current.is_symlink():
+            raise OSError(f"{current} is a symbolic link; not writing through it")
+
+
+def remove_below(base: Path, path: Path) -> None:
+    """Remove ``path`` if it exists, never through a link below ``base``."""
+    if not _DIR_FD:
+        try:
+            _check_no_links(base, path.parent)
+        except OSError as e:
+            logger.warning("not removing %s: %s", path, e)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    try:
+        folder = _open_folder(base, path.parent, create=False)
+    except FileNotFoundError:
+        return
+    except OSError as e:  # a link on the way: whatever it points to is not ours to remove
+        logger.warning("not removing %s: %s", path, e)
+        return
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path.name, dir_fd=folder)
+    finally:
+        os.close(folder)
 
 
 def timestamp(t: float | None) -> str | None:
@@ -141,21 +237,24 @@ class StatusDir:
     def __init__(self, spool: Path, host: str) -> None:
         self.root = spool / "status" / host
         self.host = host
+        self.spool = spool  # trusted; everything below it is synced and may hold links
 
     def job_path(self, name: str) -> Path:
-        return self.root / f"{name}.yaml"
+        return self.root / f"{_checked(name)}.yaml"
 
     def log_path(self, name: str) -> Path:
-        return self.root / f"{name}.log"
+        return self.root / f"{_checked(name)}.log"
 
     def write_job(self, job: Job, conflicts: Iterable[str] = ()) -> None:
-        atomic_write(self.job_path(job.name), dump_yaml(job_status(job, self.host, conflicts)))
+        atomic_write(self.job_path(job.name), dump_yaml(job_status(job, self.host, conflicts)),
+                     self.spool)
 
     def write_index(self, jobs: Iterable[Job], now: float) -> None:
-        atomic_write(self.root / "index.md", render_index(jobs, self.host, now).encode())
+        atomic_write(self.root / "index.md", render_index(jobs, self.host, now).encode(),
+                     self.spool)
 
     def write_host(self, doc: Mapping[str, Any]) -> None:
-        atomic_write(self.root / "host.yaml", dump_yaml(doc))
+        atomic_write(self.root / "host.yaml", dump_yaml(doc), self.spool)
 
     def publish_log(self, name: str, output: Path, cap: int) -> None:
         """Copy the last ``cap`` bytes of a run's raw output into the synced log."""
@@ -172,13 +271,26 @@ class StatusDir:
                 tail = tail[cut + 1:]
             head = _CUT.format(size - len(tail)).encode()
             tail = head + tail
-        atomic_write(self.log_path(name), tail)
+        try:
+            atomic_write(self.log_path(name), tail, self.spool)
+        except OSError as e:  # the run's output stays in the state dir; retried next time
+            logger.warning("cannot publish the log of %s: %s", name, e)
 
     def remove_job(self, name: str) -> None:
         """Remove a job's status and log (the retention period of a deleted job is over)."""
         for path in (self.job_path(name), self.log_path(name)):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            remove_below(self.spool, path)
+
+
+def _checked(name: str) -> str:
+    """A job name that is safe below status/HOST/ (names.py decides), or ValueError.
+
+    The reconciler only ever makes jobs of such names; checking again where the path is
+    built means no other way in (an old ledger, a future caller) can write elsewhere.
+    """
+    if job_name(f"{name}.yaml") != name:
+        raise ValueError(f"{name!r} is not a safe job name")
+    return name
 
 
 def split_log(data: bytes) -> tuple[int, bytes]:
