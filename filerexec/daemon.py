@@ -9,7 +9,6 @@ carried out, so a crash at any point never runs a job twice.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import queue
@@ -50,7 +49,7 @@ from filerexec.machine import (
 )
 from filerexec.spec import JobSpec, SpecError, parse_job
 from filerexec.spool import FileStat, Listing, NotReady, Refused, read_job_file, scan
-from filerexec.status import StatusDir, counts, timestamp
+from filerexec.status import StatusDir, StatusWriter, counts, timestamp
 from filerexec.watch import Hint, Hints, Watcher
 
 logger = logging.getLogger(__name__)
@@ -83,8 +82,14 @@ class Daemon:
         self.hints = Hints(self.wake.set)
         self.watcher = Watcher(settings.jobs_dir, self.hints)
         self.status = StatusDir(settings.spool, settings.host)
+        self.writer = StatusWriter(self.status, settings.log_cap)  # fsyncs off the loop
         self.runs_dir = settings.state_dir / "runs"
         self.jobs: dict[str, Job] = {}
+        # Jobs that are not at rest (waiting, running, stopping, or missing): the only ones
+        # a step looks at, so a step costs O(active), not O(all jobs) — 10,000 finished
+        # jobs cost nothing per step. Kept in step with self.jobs by _apply/_track.
+        self._active: set[str] = set()
+        self._seen: dict[str, tuple[str, float]] = {}  # digest → first seen, from the ledger
         self.conflicts: dict[str, list[str]] = {}
         self._known: dict[str, tuple[int, int, int]] = {}  # stat key of each file read
         self._unsettled: dict[str, _Unsettled] = {}
@@ -122,6 +127,9 @@ class Daemon:
         (state / "daemon.pid").write_text(f"{os.getpid()}\n")
         self._ledger = Ledger(state / "ledger.sqlite")
         self.jobs = self._ledger.load()
+        self._seen = self._ledger.seen
+        for name, job in self.jobs.items():
+            self._track(name, job)
         self.started = self.clock()
         self._adopt(self.started)
         if not self.settings.poll:
@@ -132,8 +140,8 @@ class Daemon:
     def close(self) -> None:
         """Stop watching and release the lock; running jobs keep running."""
         self.watcher.stop()
-        with contextlib.suppress(OSError):
-            self._write_host(self.clock(), stopping=True)
+        self._write_host(self.clock(), stopping=True)
+        self.writer.close(timeout=10)
         if self._ledger is not None:
             self._ledger.close()
         if self._lock is not None:
@@ -162,8 +170,17 @@ class Daemon:
         """Nothing running, nothing due, nothing waiting to settle or to be confirmed deleted."""
         if self._unsettled or self._children:
             return False
-        return all(phase(j) is Phase.IDLE and j.missing_since is None for j in self.jobs.values()
+        return all(phase(j) is Phase.IDLE and j.missing_since is None for j in self._active_jobs()
                    if not (j.version and j.version.readiness is Readiness.NOT_READY))
+
+    def _active_jobs(self) -> list[Job]:
+        return [j for n in self._active if (j := self.jobs.get(n)) is not None]
+
+    def _track(self, name: str, job: Job) -> None:
+        if phase(job) is not Phase.IDLE or job.missing_since is not None:
+            self._active.add(name)
+        else:
+            self._active.discard(name)
 
     # --- one round ----------------------------------------------------------
 
@@ -174,9 +191,8 @@ class Daemon:
         if hints or now >= self._next_scan:
             self._reconcile(now, hints)
             self._next_scan = now + self.settings.scan_interval
-        for name, job in list(self.jobs.items()):
-            if phase(job) is not Phase.IDLE or job.missing_since is not None:
-                self._apply(name, Tick(now))
+        for name in list(self._active):
+            self._apply(name, Tick(now))
         self._launch_due(now)
         self._refresh_logs(now)
         self._publish(now)
@@ -187,6 +203,7 @@ class Daemon:
         new, actions = transition(job, event, self.timing)
         if new != job:
             self.jobs[name] = new
+            self._track(name, new)
             self._changed.add(name)
             self._unsaved.add(name)
         self._pending_actions.extend(actions)
@@ -279,6 +296,10 @@ class Daemon:
         previous = job.version if job else None
         if previous and previous.digest == spec.digest and previous.seen is not None:
             return previous.seen
+        if previous is None:  # after a restart: the ledger remembers it
+            digest, seen = self._seen.pop(name, ("", 0.0))
+            if digest == spec.digest:
+                return seen
         return now
 
     def _update_conflicts(self, listing: Listing) -> None:
@@ -297,10 +318,11 @@ class Daemon:
     # --- launching and processes --------------------------------------------
 
     def _launch_due(self, now: float) -> None:
-        running = sum(1 for j in self.jobs.values() if j.running)
+        active = self._active_jobs()
+        running = sum(1 for j in active if j.running)
         free = self.settings.max_parallel - running
         if free > 0:
-            due = [j for j in self.jobs.values() if j.due]
+            due = [j for j in active if j.due]
             due.sort(key=lambda j: (j.version.seen if j.version and j.version.seen else 0, j.name))
             for job in due[:free]:
                 self._apply(job.name, Launch(_run_id(now), now))
@@ -351,7 +373,7 @@ class Daemon:
             process.terminate(handle, run.run_id)
 
     def _collect_exits(self, now: float) -> None:
-        by_run = {j.run.run_id: j.name for j in self.jobs.values() if j.running and j.run}
+        by_run = {j.run.run_id: j.name for j in self._active_jobs() if j.running and j.run}
         while True:
             try:
                 run_id, code = self._exits.get_nowait()
@@ -364,7 +386,7 @@ class Daemon:
                 self._finish_run(name, recorded if recorded is not None else code, now)
         if now >= self._next_adopted_poll:
             self._next_adopted_poll = now + ADOPTED_POLL
-            for job in list(self.jobs.values()):
+            for job in self._active_jobs():
                 if job.running and job.run and job.run.run_id not in self._children:
                     self._check_adopted(job, now)
         self._commit_and_act(now)
@@ -373,7 +395,7 @@ class Daemon:
         job = self.jobs[name]
         assert job.run is not None
         self._apply(name, Exited(code, now) if code is not None else Vanished(now))
-        self.status.publish_log(name, self._output_path(job.run.run_id), self.settings.log_cap)
+        self.writer.log(name, self._output_path(job.run.run_id))
         self._log_refreshed.pop(name, None)
 
     def _check_adopted(self, job: Job, now: float) -> None:
@@ -413,44 +435,37 @@ class Daemon:
 
     def _refresh_logs(self, now: float) -> None:
         """Running jobs' logs reach the phone every few seconds, not only at the end."""
-        for job in self.jobs.values():
+        for job in self._active_jobs():
             if job.running and job.run:
                 last = self._log_refreshed.get(job.name, job.run.started)
                 if now - last >= LOG_REFRESH:
                     self._log_refreshed[job.name] = now
-                    self.status.publish_log(job.name, self._output_path(job.run.run_id),
-                                            self.settings.log_cap)
+                    self.writer.log(job.name, self._output_path(job.run.run_id))
 
     def _publish(self, now: float) -> None:
+        """Hand changed statuses to the writer thread (it retries failed writes itself)."""
         changed, self._changed = self._changed, set()
         for name in changed:
             job = self.jobs.get(name)
-            if job is None:
-                continue
-            try:
-                self.status.write_job(job, self.conflicts.get(name, ()))
-            except OSError as e:  # full or read-only: keep it dirty, the next round retries
-                logger.warning("cannot write the status of %s: %s", name, e)
-                self._changed.add(name)
-                continue
-            self._forget_run_files(job)
+            if job is not None:
+                self.writer.job(job, self.conflicts.get(name, ()), forget=self._run_files(job))
         if changed and self._index_due is None:
             self._index_due = now + INDEX_DELAY
         if self._index_due is not None and now >= self._index_due:
-            self.status.write_index(self.jobs.values(), now)
+            self.writer.index(list(self.jobs.values()), now)
             self._index_due = None
         if changed or now >= self._next_heartbeat:
             self._write_host(now)
 
-    def _forget_run_files(self, job: Job) -> None:
-        """A finished run's raw output is in the synced log now; keep the state dir small."""
+    def _run_files(self, job: Job) -> list[Path]:
+        """A finished run's raw files, deleted once its log and status are written."""
         if job.run is not None and job.run.finished is not None:
-            for path in (self._output_path(job.run.run_id), self._exit_path(job.run.run_id)):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+            return [self._output_path(job.run.run_id), self._exit_path(job.run.run_id)]
+        return []
 
     def _write_host(self, now: float, stopping: bool = False) -> None:
         self._next_heartbeat = now + self.settings.heartbeat_interval
+        jobs = list(self.jobs.values())  # counted on the writer thread
         doc: dict[str, Any] = {
             "host": self.settings.host,
             "version": __version__,
@@ -461,16 +476,15 @@ class Daemon:
             "updated": timestamp(now),
             "last_scan": timestamp(self.last_scan),
             "watcher": "polling" if self.settings.poll else self.watcher.kind,
-            "jobs": counts(self.jobs.values()),
         }
-        self.status.write_host(doc)
+        self.writer.host(lambda: {**doc, "jobs": counts(jobs)})
 
     def _next_deadline(self, now: float) -> float:
         deadlines = [self._next_scan, self._next_heartbeat]
         if self._index_due is not None:
             deadlines.append(self._index_due)
         deadlines.extend(u.since + self.settings.settle for u in self._unsettled.values())
-        for job in self.jobs.values():
+        for job in self._active_jobs():
             deadlines.extend(_job_deadlines(job, self.timing, now))
             if job.running and job.run and job.run.run_id not in self._children:
                 deadlines.append(self._next_adopted_poll)

@@ -9,6 +9,7 @@ so the daemon also rescans periodically; ``--poll`` relies on the rescan alone.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from enum import StrEnum
@@ -24,8 +25,11 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
+from filerexec.names import Kind, classify
+
 logger = logging.getLogger(__name__)
 
+_NOISE = frozenset({Kind.TEMP, Kind.META})
 MAX_HINTS = 10_000  # past this, drop hints: the rescan is the truth anyway
 
 
@@ -62,12 +66,21 @@ class _Handler(FileSystemEventHandler):
         self._hints = hints
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if not event.is_directory and _noise(event):
+            return  # e.g. a sync client writing its temp file: waking for it only slows the job
         if isinstance(event, FileMovedEvent):
             self._hints.add(_text(event.dest_path), Hint.COMPLETE)
         elif isinstance(event, FileClosedEvent):
             self._hints.add(_text(event.src_path), Hint.COMPLETE)
         elif isinstance(event, DirDeletedEvent) or event.event_type != "opened":
             self._hints.add(_text(event.src_path), Hint.CHANGED)
+
+
+def _noise(event: FileSystemEvent) -> bool:
+    """A file event about names that are never read (temp files, metadata) on both ends."""
+    paths = [event.src_path, event.dest_path] if isinstance(event, FileMovedEvent) else [
+        event.src_path]
+    return all(classify(os.path.basename(_text(p))).kind in _NOISE for p in paths)
 
 
 def _text(path: bytes | str) -> str:
