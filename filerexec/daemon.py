@@ -188,7 +188,10 @@ class Daemon:
         """Do everything that is due at ``now``; return seconds until the next round."""
         self._collect_exits(now)
         hints = self.hints.drain()
-        if hints or now >= self._next_scan:
+        # A file written in place is due once it has stayed still for `settle`, not at the
+        # next periodic rescan (which may be many seconds later).
+        settled = any(now >= u.since + self.settings.settle for u in self._unsettled.values())
+        if hints or settled or now >= self._next_scan:
             self._reconcile(now, hints)
             self._next_scan = now + self.settings.scan_interval
         for name in list(self._active):
