@@ -25,7 +25,7 @@ from filelock import FileLock, Timeout
 
 from filerexec import __version__, process
 from filerexec.config import Settings
-from filerexec.ledger import Ledger
+from filerexec.ledger import FileKey, Ledger
 from filerexec.machine import (
     Action,
     Event,
@@ -57,6 +57,7 @@ logger = logging.getLogger(__name__)
 ADOPTED_POLL = 1.0  # how often a job we did not spawn (adopted after a restart) is checked
 LOG_REFRESH = 5.0  # how often a running job's log is copied into the synced folder
 INDEX_DELAY = 1.0  # coalesce index.md rewrites
+CLEAN_STOP, READER = "clean_stop", "reader"  # ledger meta keys (see Daemon._restorable)
 
 
 class AlreadyRunning(Exception):
@@ -90,10 +91,13 @@ class Daemon:
         # jobs cost nothing per step. Kept in step with self.jobs by _apply/_track.
         self._active: set[str] = set()
         self._seen: dict[str, tuple[str, float]] = {}  # digest → first seen, from the ledger
+        self._restored: dict[str, FileKey] = {}  # files whose verdict the ledger holds
+        self._finished: dict[str, list[Path]] = {}  # raw files of ended runs, to delete
         self.conflicts: dict[str, list[str]] = {}
         self._known: dict[str, tuple[int, int, int]] = {}  # stat key of each file read
         self._unsettled: dict[str, _Unsettled] = {}
         self._children: dict[str, process.Child] = {}  # run id → child we spawned
+        self._waiters = _Waiters(self._wait_child)
         self._exits: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
         self._changed: set[str] = set()  # jobs whose status file is out of date
         self._unsaved: set[str] = set()  # jobs whose ledger record is out of date
@@ -128,6 +132,7 @@ class Daemon:
         self._ledger = Ledger(state / "ledger.sqlite")
         self.jobs = self._ledger.load()
         self._seen = self._ledger.seen
+        self._restored = self._restorable(self._ledger)
         for name, job in self.jobs.items():
             self._track(name, job)
         self.started = self.clock()
@@ -141,11 +146,27 @@ class Daemon:
         """Stop watching and release the lock; running jobs keep running."""
         self.watcher.stop()
         self._write_host(self.clock(), stopping=True)
-        self.writer.close(timeout=10)
+        written = self.writer.close(timeout=10)
         if self._ledger is not None:
+            if written:  # every status file says what the ledger says
+                self._ledger.set_meta(CLEAN_STOP, "1")
             self._ledger.close()
         if self._lock is not None:
             self._lock.release()
+
+    def _restorable(self, ledger: Ledger) -> dict[str, FileKey]:
+        """Stat keys of job files the ledger's records already reflect.
+
+        At start-up such a file, unchanged since, is neither re-read nor re-parsed, and
+        its status file not rebuilt: with 10,000 finished jobs that is most of a cold
+        start. Only after a clean stop (every status file was written) and with the same
+        reader (version, host name, size limit); otherwise every file is read again.
+        """
+        reader = f"{__version__} {self.settings.host} {self.settings.max_job_bytes}"
+        ok = ledger.get_meta(CLEAN_STOP) == "1" and ledger.get_meta(READER) == reader
+        ledger.set_meta(CLEAN_STOP, "0")
+        ledger.set_meta(READER, reader)
+        return dict(ledger.files) if ok else {}
 
     def _already_running_message(self) -> str:
         pid_file = self.settings.state_dir / "daemon.pid"
@@ -224,7 +245,8 @@ class Daemon:
     def _commit(self) -> None:
         assert self._ledger is not None
         if self._unsaved:
-            self._ledger.save(self.jobs[n] for n in self._unsaved if n in self.jobs)
+            self._ledger.save((self.jobs[n] for n in self._unsaved if n in self.jobs),
+                              files=self._known)
             self._unsaved.clear()
 
     # --- reconcile: the listing is the truth --------------------------------
@@ -248,6 +270,10 @@ class Daemon:
         for name, info in listing.jobs.items():
             if self._known.get(name) == info.key:
                 continue
+            if (self._restored.pop(name, None) == info.key and name in self.jobs
+                    and name not in self._active):
+                self._known[name] = info.key  # read before the restart; unchanged since
+                continue
             if not self._settled(name, info, now, hints.get(str(info.path))):
                 continue
             self._known[name] = info.key
@@ -261,6 +287,7 @@ class Daemon:
                 self._unsettled.pop(name, None)
                 if self.jobs[name].deleted is None:
                     self._apply(name, FileMissing(now))
+        self._restored = {}  # only the first listing after the start may use them
 
     def _settled(self, name: str, info: FileStat, now: float, hint: Hint | None) -> bool:
         """Read a file that arrived complete at once; one written in place once it is still."""
@@ -315,6 +342,7 @@ class Daemon:
                     self.conflicts.pop(name, None)
                 if name in self.jobs:
                     self._changed.add(name)
+                    self._restored.pop(name, None)  # read it: its status is rewritten
                 if new:
                     logger.info("conflicted copies of %s never run: %s", name, ", ".join(new))
 
@@ -355,8 +383,7 @@ class Daemon:
         logger.info("job %s started (run %s, pid %d)", action.name, run_id, child.handle.pid)
         self._children[run_id] = child
         self._apply(action.name, Spawned(child.handle.pid, child.handle.create_time))
-        threading.Thread(target=self._wait_child, args=(run_id, child), daemon=True,
-                         name=f"wait-{run_id}").start()
+        self._waiters.submit(run_id, child)
 
     def _wait_child(self, run_id: str, child: process.Child) -> None:
         code = child.wait()
@@ -392,13 +419,18 @@ class Daemon:
             for job in self._active_jobs():
                 if job.running and job.run and job.run.run_id not in self._children:
                     self._check_adopted(job, now)
-        self._commit_and_act(now)
+        # Committed with the launches of this step (one fsync, before any action).
 
     def _finish_run(self, name: str, code: int | None, now: float) -> None:
         job = self.jobs[name]
         assert job.run is not None
         self._apply(name, Exited(code, now) if code is not None else Vanished(now))
-        self.writer.log(name, self._output_path(job.run.run_id))
+        run_id = job.run.run_id
+        self.writer.log(name, self._output_path(run_id))
+        # Deleted once the log and the final status are written (the job may run again
+        # before that: its new run's files are not these).
+        self._finished.setdefault(name, []).extend(
+            [self._output_path(run_id), self._exit_path(run_id)])
         self._log_refreshed.pop(name, None)
 
     def _check_adopted(self, job: Job, now: float) -> None:
@@ -451,7 +483,8 @@ class Daemon:
         for name in changed:
             job = self.jobs.get(name)
             if job is not None:
-                self.writer.job(job, self.conflicts.get(name, ()), forget=self._run_files(job))
+                forget = self._finished.pop(name, [])
+                self.writer.job(job, self.conflicts.get(name, ()), forget=forget)
         if changed and self._index_due is None:
             self._index_due = now + INDEX_DELAY
         if self._index_due is not None and now >= self._index_due:
@@ -459,12 +492,6 @@ class Daemon:
             self._index_due = None
         if changed or now >= self._next_heartbeat:
             self._write_host(now)
-
-    def _run_files(self, job: Job) -> list[Path]:
-        """A finished run's raw files, deleted once its log and status are written."""
-        if job.run is not None and job.run.finished is not None:
-            return [self._output_path(job.run.run_id), self._exit_path(job.run.run_id)]
-        return []
 
     def _write_host(self, now: float, stopping: bool = False) -> None:
         self._next_heartbeat = now + self.settings.heartbeat_interval
@@ -492,6 +519,40 @@ class Daemon:
             if job.running and job.run and job.run.run_id not in self._children:
                 deadlines.append(self._next_adopted_poll)
         return min(deadlines)
+
+
+class _Waiters:
+    """Daemon threads that each block in one child's wait, reused for the next child.
+
+    Starting a thread per job cost ~1 ms of the loop's time in a burst; a pool of
+    reusable *daemon* threads (concurrent.futures' are joined at exit, which would
+    keep a stopping daemon alive until its jobs end) grows to the number of jobs
+    running at once.
+    """
+
+    def __init__(self, wait: Callable[[str, process.Child], None]) -> None:
+        self._wait = wait
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._queue: queue.SimpleQueue[tuple[str, process.Child]] = queue.SimpleQueue()
+
+    def submit(self, run_id: str, child: process.Child) -> None:
+        with self._lock:
+            reuse = self._idle > 0
+            if reuse:
+                self._idle -= 1  # reserved: exactly one idle thread takes this item
+        if reuse:
+            self._queue.put((run_id, child))
+        else:
+            threading.Thread(target=self._work, args=(run_id, child), daemon=True,
+                             name="wait-child").start()
+
+    def _work(self, run_id: str, child: process.Child) -> None:
+        while True:
+            self._wait(run_id, child)
+            with self._lock:
+                self._idle += 1
+            run_id, child = self._queue.get()
 
 
 def _job_deadlines(job: Job, timing: Timing, now: float) -> Iterable[float]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ class Ledger:
         # that re-reads 10,000 unchanged job files commits nothing.
         self._saved: dict[str, str] = {}
         self.seen: dict[str, tuple[str, float]] = {}  # by load(): digest → first seen
+        self.files: dict[str, FileKey] = {}  # by load(): stat key of the file last read
 
     def close(self) -> None:
         self._db.close()
@@ -58,11 +59,21 @@ class Ledger:
             if rec.get("seen"):
                 digest, seen = rec["seen"]
                 self.seen[job.name] = (digest, seen)
+            if rec.get("file"):
+                size, mtime_ns, ino = rec["file"]
+                self.files[job.name] = (size, mtime_ns, ino)
         return jobs
 
-    def save(self, jobs: Iterable[Job], removed: Iterable[str] = ()) -> None:
-        """Commit changed jobs (and their runs) in one durable transaction."""
-        records = [(job, json.dumps(job_to_record(job), separators=(",", ":"))) for job in jobs]
+    def save(self, jobs: Iterable[Job], removed: Iterable[str] = (),
+             files: Mapping[str, FileKey] | None = None) -> None:
+        """Commit changed jobs (and their runs) in one durable transaction.
+
+        ``files`` gives the stat key of the file each job's record reflects, so that a
+        restart need not re-read a file that has not changed since (see ``files``).
+        """
+        files = files or {}
+        records = [(job, _dump({**job_to_record(job), "file": files.get(job.name)}))
+                   for job in jobs]
         records = [(job, data) for job, data in records if self._saved.get(job.name) != data]
         removed = list(removed)
         if not records and not removed:
@@ -109,6 +120,13 @@ class Ledger:
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
+
+
+FileKey = tuple[int, int, int]  # size, mtime_ns, inode
+
+
+def _dump(rec: dict[str, Any]) -> str:
+    return json.dumps(rec, separators=(",", ":"))
 
 
 class _Transaction:

@@ -238,14 +238,15 @@ class StatusWriter:
             return self._cond.wait_for(lambda: not (self._jobs or self._other or self._busy),
                                        timeout)
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Write what is queued, then stop the thread."""
-        self.flush(timeout)
+    def close(self, timeout: float = 30.0) -> bool:
+        """Write what is queued, then stop the thread; False if not everything was written."""
+        done = self.flush(timeout)
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+        return done
 
     def _queue_job(self, name: str, new: _JobWrite) -> None:
         with self._cond:

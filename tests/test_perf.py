@@ -11,6 +11,9 @@ import pytest
 import yaml
 from watchdog.events import FileCreatedEvent, FileMovedEvent
 
+from filerexec import daemon as daemon_module
+from filerexec.config import Settings
+from filerexec.daemon import Daemon
 from filerexec.ledger import Ledger
 from filerexec.machine import Job, Readiness, State, Version
 from filerexec.spec import parse_job
@@ -155,3 +158,36 @@ def test_bench_quick_completes_and_prints_a_table() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| measure | inotifywait + sh | filerexec | ratio | target |" in result.stdout
     assert "ran exactly once" in result.stdout and "| NO |" not in result.stdout
+
+
+def _serve_once(spool: Path, state: Path) -> Daemon:
+    daemon = Daemon(Settings(spool=spool, host="h", state_dir=state, settle=0.0))
+    daemon.open()
+    daemon.run(threading.Event(), once=True)
+    return daemon
+
+
+@pytest.mark.parametrize("clean", [True, False])
+def test_restart_reads_only_files_changed_since_a_clean_stop(
+        spool: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean: bool) -> None:
+    (spool / "jobs" / "a.yaml").write_text("commands: echo a\n")
+    (spool / "jobs" / "b.yaml").write_text("commands: echo b\n")
+    first = _serve_once(spool, tmp_path / "state")
+    assert {j.state for j in first.jobs.values()} == {State.SUCCEEDED}
+    if clean:
+        first.close()
+    else:  # killed: some status files may never have been written
+        first.writer.close()
+        assert first._ledger is not None and first._lock is not None
+        first._ledger.close()
+        first._lock.release()
+    (spool / "jobs" / "b.yaml").write_text("commands: echo b2\n")
+    read: list[str] = []
+    real = daemon_module.read_job_file
+    monkeypatch.setattr(daemon_module, "read_job_file",
+                        lambda info, cap: read.append(info.path.name) or real(info, cap))
+    second = _serve_once(spool, tmp_path / "state")
+    second.close()
+    assert sorted(read) == (["b.yaml"] if clean else ["a.yaml", "b.yaml"])
+    assert second.jobs["a"].runs == 1 and second.jobs["b"].runs == 2
+    assert yaml.safe_load((spool / "status" / "h" / "a.yaml").read_text())["state"] == "succeeded"
