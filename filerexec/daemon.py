@@ -274,7 +274,7 @@ class Daemon:
                     and name not in self._active):
                 self._known[name] = info.key  # read before the restart; unchanged since
                 continue
-            if not self._settled(name, info, now, hints.get(str(info.path))):
+            if not self._settled(name, info, now, hints.get(info.where)):
                 continue
             self._known[name] = info.key
             version = self._read(name, info, now)
