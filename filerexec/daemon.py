@@ -270,9 +270,8 @@ class Daemon:
         for name, info in listing.jobs.items():
             if self._known.get(name) == info.key:
                 continue
-            if (self._restored.pop(name, None) == info.key and name in self.jobs
-                    and name not in self._active):
-                self._known[name] = info.key  # read before the restart; unchanged since
+            if self._unchanged_since_restart(name, info):
+                self._known[name] = info.key
                 continue
             if not self._settled(name, info, now, hints.get(info.where)):
                 continue
@@ -288,6 +287,19 @@ class Daemon:
                 if self.jobs[name].deleted is None:
                     self._apply(name, FileMissing(now))
         self._restored = {}  # only the first listing after the start may use them
+
+    def _unchanged_since_restart(self, name: str, info: FileStat) -> bool:
+        """A finished job whose file is still the very file (stat key) of the version it ran.
+
+        Reading it again could change nothing: not the machine's decision (nothing runs
+        without a new digest) and not its status file (the version's digest is the run's,
+        and its mtime and first-seen time are what the file already shows).
+        """
+        job = self.jobs.get(name)
+        if self._restored.pop(name, None) != info.key or job is None or name in self._active:
+            return False
+        seen = self._seen.get(name)
+        return job.run is not None and seen is not None and seen[0] == job.run.digest
 
     def _settled(self, name: str, info: FileStat, now: float, hint: Hint | None) -> bool:
         """Read a file that arrived complete at once; one written in place once it is still."""
