@@ -9,6 +9,7 @@ carried out, so a crash at any point never runs a job twice.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import queue
@@ -215,8 +216,11 @@ class Daemon:
         if hints or settled or now >= self._next_scan:
             self._reconcile(now, hints)
             self._next_scan = now + self.settings.scan_interval
-        for name in list(self._active):
-            self._apply(name, Tick(now))
+        # Only jobs with a deadline that has come: a Tick changes nothing else (the same
+        # deadlines decide when the loop wakes), and a burst leaves 1,000 jobs waiting.
+        for job in self._active_jobs():
+            if any(t <= now for t in _job_deadlines(job, self.timing, now)):
+                self._apply(job.name, Tick(now))
         self._launch_due(now)
         self._refresh_logs(now)
         self._publish(now)
@@ -365,9 +369,9 @@ class Daemon:
         running = sum(1 for j in active if j.running)
         free = self.settings.max_parallel - running
         if free > 0:
-            due = [j for j in active if j.due]
-            due.sort(key=lambda j: (j.version.seen if j.version and j.version.seen else 0, j.name))
-            for job in due[:free]:
+            due = heapq.nsmallest(free, (j for j in active if j.due), key=lambda j: (
+                j.version.seen if j.version and j.version.seen else 0, j.name))
+            for job in due:
                 self._apply(job.name, Launch(_run_id(now), now))
         self._commit_and_act(now)
 
