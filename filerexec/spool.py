@@ -117,6 +117,27 @@ def _walk(folder: Path, prefix: str, listing: Listing, chosen: dict[str, str]) -
                 )
 
 
+def stat_file(jobs_dir: Path, path: str) -> tuple[str, FileStat] | None:
+    """The job whose file ``path`` (under ``jobs_dir``) is, with its stat, as ``scan`` would
+    list it if it were the only file for that job; None if it is no job file or is gone."""
+    rel = os.path.relpath(path, jobs_dir)
+    parts = rel.split(os.sep)
+    if rel.startswith("..") or os.path.isabs(rel) or any(is_skipped_dir(p) for p in parts[:-1]):
+        return None
+    found = _classify("/".join(parts))
+    if found.kind is not Kind.JOB or not found.job:
+        return None
+    where = os.path.join(jobs_dir, *parts)
+    try:
+        st = os.lstat(where)
+    except OSError:
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return None
+    return found.job, FileStat(where, st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode,
+                               st.st_nlink)
+
+
 def _rank(rel: str) -> int:
     lower = rel.lower()
     return next((i for i, s in enumerate(_SUFFIX_RANK) if lower.endswith(s)), len(_SUFFIX_RANK))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,34 @@ def test_restart_reads_only_files_changed_since_a_clean_stop(
     assert sorted(read) == (["b.yaml"] if clean else ["a.yaml", "b.yaml"])
     assert second.jobs["a"].runs == 1 and second.jobs["b"].runs == 2
     assert yaml.safe_load((spool / "status" / "h" / "a.yaml").read_text())["state"] == "succeeded"
+
+
+def test_moved_in_file_starts_before_jobs_is_listed_unless_another_file_names_it(
+        spool: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (spool / "jobs" / "b.yaml").write_text("commands: echo b\n")
+    daemon = Daemon(Settings(spool=spool, host="h", state_dir=tmp_path / "state", settle=0.0,
+                             poll=True))
+    daemon.open()
+    daemon.run(threading.Event(), once=True)  # the first listing; b has run
+    order: list[str] = []
+    real_scan, real_spawn = daemon_module.scan, daemon_module.process.spawn
+    monkeypatch.setattr(daemon_module, "scan", lambda d: order.append("scan") or real_scan(d))
+    monkeypatch.setattr(daemon_module.process, "spawn",
+                        lambda launch: order.append("spawn") or real_spawn(launch))
+
+    def deliver(name: str) -> None:
+        order.clear()
+        tmp = spool / "jobs" / f".syncthing.{name}.tmp"
+        tmp.write_text("commands: echo new\n")
+        target = spool / "jobs" / name
+        tmp.replace(target)
+        daemon.hints.add(str(target), Hint.COMPLETE)
+        daemon.step(time.time())
+
+    deliver("a.yaml")
+    assert order == ["spawn", "scan"]
+    deliver("b.yml")  # competes with b.yaml for the name "b": only the listing may decide
+    assert order == ["scan"]
+    daemon.run(threading.Event(), once=True)
+    daemon.close()
+    assert daemon.jobs["a"].state is State.SUCCEEDED and daemon.jobs["b"].runs == 1
