@@ -256,6 +256,21 @@ def measure_latency(base: Baseline, fx: Filerexec, drops: int,
     return lat
 
 
+def measure_latency_alone(fx: Filerexec, drops: int, prefix: str) -> list[float]:
+    """Drop→start of single drops into one daemon's spool (no alternation: one arm)."""
+    lat = []
+    for i in range(drops):
+        name = f"{prefix}{i:04d}"
+        t = fx.drop(name)
+        out = fx.out / name
+        if not wait(lambda out=out: out.exists() and out.read_text().endswith("\n"), 20):
+            raise SystemExit(f"{fx.name}: job {name} did not start within 20 s")
+        lat.append((starts(out)[0] - t) / 1e6)
+        wait(lambda name=name: fx.job_state(name) == "succeeded", 20)
+        time.sleep(0.02)
+    return lat
+
+
 def measure_burst(arm: Arm, count: int, prefix: str,
                   recorded: Callable[[], bool] | None = None) -> tuple[float, float | None]:
     """Drop ``count`` jobs at once; seconds until all ran (by their own clocks), and
@@ -464,6 +479,15 @@ def main(argv: list[str] | None = None) -> int:
         cold = statistics.median(colds)
         rows.append((f"cold start, {args.many} finished jobs: ready", "", f"{cold:.2f} s",
                      f"(runs {spread(colds)})", verdict("cold", cold)))
+        many.start()
+        if not wait(lambda: many.ready(args.many), 120, 0.01):
+            raise SystemExit(f"not ready within 120 s (log: {many.log})")
+        lat_many = measure_latency_alone(many, max(3, args.drops // 5), "late-")
+        many.stop()
+        m50 = statistics.median(lat_many)
+        rows.append((f"drop→start p50, {args.many} finished jobs in the spool "
+                     f"({len(lat_many)} drops)", f"{b50:.1f} ms", f"{m50:.1f} ms",
+                     f"{m50 / b50:.2f}x", "(info: baseline from the small spool)"))
         scans = measure_rescan(many, 5)
         scan = statistics.median(scans)
         rows.append((f"full rescan, {args.many} job files", "", f"{scan * 1000:.0f} ms",
