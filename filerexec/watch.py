@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable
 from enum import StrEnum
@@ -69,17 +70,34 @@ class _Handler(FileSystemEventHandler):
         if not event.is_directory and _noise(event):
             return  # e.g. a sync client writing its temp file: waking for it only slows the job
         if isinstance(event, FileMovedEvent):
-            self._hints.add(_text(event.dest_path), Hint.COMPLETE)
+            # With full events a move from outside has no source and a move out no
+            # destination: moved in is complete (sync clients finish downloads that way).
+            if event.dest_path:
+                self._hints.add(_text(event.dest_path), Hint.COMPLETE)
+            else:
+                self._hints.add(_text(event.src_path), Hint.CHANGED)
         elif isinstance(event, FileClosedEvent):
             self._hints.add(_text(event.src_path), Hint.COMPLETE)
         elif isinstance(event, DirDeletedEvent) or event.event_type != "opened":
             self._hints.add(_text(event.src_path), Hint.CHANGED)
 
 
+def _observer() -> BaseObserver:
+    """watchdog's native observer; on Linux with full events, so that a file moved in from
+    outside ``jobs/`` arrives as a move (complete: read at once) rather than as a creation
+    (read only once it has stood still for ``settle``)."""
+    if sys.platform.startswith("linux"):
+        from watchdog.observers.inotify import InotifyObserver
+
+        return InotifyObserver(generate_full_events=True)
+    return Observer()
+
+
 def _noise(event: FileSystemEvent) -> bool:
     """A file event about names that are never read (temp files, metadata) on both ends."""
     paths = [event.src_path, event.dest_path] if isinstance(event, FileMovedEvent) else [
         event.src_path]
+    paths = [p for p in paths if p]
     return all(classify(os.path.basename(_text(p))).kind in _NOISE for p in paths)
 
 
@@ -113,7 +131,7 @@ class Watcher:
         if self._observer is not None and same and self._observer.is_alive():
             return
         self.stop()
-        observer = Observer()
+        observer = _observer()
         try:
             observer.schedule(_Handler(self._hints), str(self.jobs_dir), recursive=True)
             observer.start()

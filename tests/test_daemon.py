@@ -156,9 +156,9 @@ def test_conflicted_copy_listed_and_never_run(host: Host, tmp_path: Path) -> Non
     host.drop("c.sync-conflict-20261128-050429-5TKYFLG.yaml", f"commands: touch {marker}\n")
     host.drop("c (Jane's conflicted copy 2026-11-28).yaml", f"commands: touch {marker}\n")
     # The job may still be running when the copies are first listed: wait for both.
-    doc = wait_for(lambda: (d := host.status("c")) and len(d.get("conflicts", [])) == 2
-                   and d.get("state") == "succeeded" and d,
-                   what="both conflicted copies listed and the job finished")
+    wait_for(lambda: (d := host.status("c")) and len(d.get("conflicts", [])) == 2
+             and d.get("state") == "succeeded",
+             what="both conflicted copies listed and the job finished")
     assert not marker.exists()
     assert not list(host.status_dir.glob("*conflict*"))
 

@@ -19,7 +19,7 @@ from filerexec.ledger import Ledger
 from filerexec.machine import Job, Readiness, State, Version
 from filerexec.spec import parse_job
 from filerexec.status import StatusDir, StatusWriter
-from filerexec.watch import Hint, Hints, _Handler
+from filerexec.watch import Hint, Hints, Watcher, _Handler
 from tests.conftest import Host
 from tests.util import wait_for
 
@@ -223,3 +223,25 @@ def test_moved_in_file_starts_before_jobs_is_listed_unless_another_file_names_it
     daemon.run(threading.Event(), once=True)
     daemon.close()
     assert daemon.jobs["a"].state is State.SUCCEEDED and daemon.jobs["b"].runs == 1
+
+
+def test_file_moved_in_from_outside_jobs_is_complete_at_once(tmp_path: Path) -> None:
+    jobs, outside = tmp_path / "jobs", tmp_path / "download-cache"
+    jobs.mkdir()
+    outside.mkdir()
+    hints = Hints(lambda: None)
+    watcher = Watcher(jobs, hints)
+    watcher.ensure()
+    try:
+        (outside / "a.yaml").write_text("commands: 'true'\n")
+        (outside / "a.yaml").rename(jobs / "a.yaml")
+        got: dict[str, Hint] = {}
+        wait_for(lambda: got.update(hints.drain()) or str(jobs / "a.yaml") in got,
+                 what="the move-in hint")
+        assert got[str(jobs / "a.yaml")] is Hint.COMPLETE  # not CHANGED: no 1 s settle wait
+        (jobs / "a.yaml").rename(outside / "gone.yaml")  # moved out: a hint for the old path
+        wait_for(lambda: got.update(hints.drain()) or got.get(str(jobs / "a.yaml"))
+                 is Hint.CHANGED or "" in got, what="the move-out hint")
+        assert "" not in got
+    finally:
+        watcher.stop()
