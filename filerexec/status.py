@@ -94,8 +94,20 @@ def since(job: Job) -> float:
     return max((t for t in times if t is not None), default=0.0)
 
 
-def render_index(jobs: Iterable[Job], host: str, now: float) -> str:
-    """A Markdown table of every job, newest first, that phones render."""
+def render_index(jobs: Iterable[Job], host: str, now: float,
+                 rows: dict[str, tuple[Job, float, str]] | None = None) -> str:
+    """A Markdown table of every job, newest first, that phones render.
+
+    ``rows`` caches each job's row between calls (reused while the job is unchanged):
+    formatting 10,000 timestamps every time one job changed cost ~0.2 s of the GIL.
+    """
+    cache = {} if rows is None else rows
+    entries = []
+    for job in jobs:
+        hit = cache.get(job.name)
+        if hit is None or hit[0] is not job:
+            hit = cache[job.name] = (job, since(job), _row(job))
+        entries.append(hit)
     lines = [
         f"# filerexec on {host}",
         "",
@@ -104,12 +116,20 @@ def render_index(jobs: Iterable[Job], host: str, now: float) -> str:
         "| job | state | since | exit |",
         "|---|---|---|---|",
     ]
-    for job in sorted(jobs, key=since, reverse=True):
-        code = job.run.exit_code if job.run and job.run.exit_code is not None else ""
-        state = job.state.value + (" (deleted)" if job.deleted else "")
-        when = (timestamp(since(job)) or "").replace("T", " ")
-        lines.append(f"| {_cell(job.name)} | {state} | {when} | {code} |")
+    if len(cache) > len(entries):  # forget jobs that are gone
+        names = {e[0].name for e in entries}
+        for name in [n for n in cache if n not in names]:
+            del cache[name]
+    entries.sort(key=lambda e: e[1], reverse=True)
+    lines.extend(row for _, _, row in entries)
     return "\n".join(lines) + "\n"
+
+
+def _row(job: Job) -> str:
+    code = job.run.exit_code if job.run and job.run.exit_code is not None else ""
+    state = job.state.value + (" (deleted)" if job.deleted else "")
+    when = (timestamp(since(job)) or "").replace("T", " ")
+    return f"| {_cell(job.name)} | {state} | {when} | {code} |"
 
 
 def _cell(text: str) -> str:
@@ -128,6 +148,7 @@ class StatusDir:
     def __init__(self, spool: Path, host: str) -> None:
         self.root = spool / "status" / host
         self.host = host
+        self._index_rows: dict[str, tuple[Job, float, str]] = {}
 
     def job_path(self, name: str) -> Path:
         return self.root / f"{name}.yaml"
@@ -152,7 +173,8 @@ class StatusDir:
         return True
 
     def write_index(self, jobs: Iterable[Job], now: float) -> None:
-        atomic_write(self.root / "index.md", render_index(jobs, self.host, now).encode())
+        atomic_write(self.root / "index.md",
+                     render_index(jobs, self.host, now, self._index_rows).encode())
 
     def write_host(self, doc: Mapping[str, Any]) -> None:
         atomic_write(self.root / "host.yaml", dump_yaml(doc))

@@ -18,7 +18,7 @@ from filerexec.daemon import Daemon
 from filerexec.ledger import Ledger
 from filerexec.machine import Job, Readiness, State, Version
 from filerexec.spec import parse_job
-from filerexec.status import StatusDir, StatusWriter
+from filerexec.status import StatusDir, StatusWriter, render_index
 from filerexec.watch import Hint, Hints, Watcher, _Handler
 from tests.conftest import Host
 from tests.util import wait_for
@@ -249,3 +249,14 @@ def test_file_moved_in_from_outside_jobs_is_complete_at_once(tmp_path: Path) -> 
         assert InotifyMoveEventGrouper.delay <= 0.05
     finally:
         watcher.stop()
+
+
+def test_index_rows_are_reused_only_while_the_job_is_unchanged() -> None:
+    rows: dict[str, tuple[Job, float, str]] = {}
+    a, b = _job("a", "x"), _job("b", "x")
+    first = render_index([a, b], "h", 0.0, rows)
+    assert render_index([a, b], "h", 0.0, rows) == first == render_index([a, b], "h", 0.0)
+    failed = Job("a", state=State.FAILED, reason="exit code 1")
+    assert "| a | failed |" in render_index([failed, b], "h", 0.0, rows)
+    render_index([b], "h", 0.0, rows)
+    assert set(rows) == {"b"}
