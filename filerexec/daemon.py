@@ -9,7 +9,7 @@ carried out, so a crash at any point never runs a job twice.
 
 from __future__ import annotations
 
-import contextlib
+import heapq
 import logging
 import os
 import queue
@@ -26,7 +26,7 @@ from filelock import FileLock, Timeout
 
 from filerexec import __version__, keystore, process, signing
 from filerexec.config import Settings
-from filerexec.ledger import Ledger
+from filerexec.ledger import FileKey, Ledger
 from filerexec.machine import (
     Action,
     Event,
@@ -50,8 +50,16 @@ from filerexec.machine import (
 )
 from filerexec.policy import policy_problem
 from filerexec.spec import JobSpec, SpecError, parse_job
-from filerexec.spool import FileStat, Listing, NotReady, Refused, read_job_file, scan
-from filerexec.status import StatusDir, counts, timestamp
+from filerexec.spool import (
+    FileStat,
+    Listing,
+    NotReady,
+    Refused,
+    read_job_file,
+    scan,
+    stat_file,
+)
+from filerexec.status import StatusDir, StatusWriter, counts, timestamp
 from filerexec.watch import Hint, Hints, Watcher
 
 logger = logging.getLogger(__name__)
@@ -60,6 +68,7 @@ ADOPTED_POLL = 1.0  # how often a job we did not spawn (adopted after a restart)
 LOG_REFRESH = 5.0  # how often a running job's log is copied into the synced folder
 INDEX_DELAY = 1.0  # coalesce index.md rewrites
 MAX_REFUSED = 20  # refused file names listed in host.yaml
+CLEAN_STOP, READER = "clean_stop", "reader"  # ledger meta keys (see Daemon._restorable)
 
 
 class AlreadyRunning(Exception):
@@ -85,12 +94,23 @@ class Daemon:
         self.hints = Hints(self.wake.set)
         self.watcher = Watcher(settings.jobs_dir, self.hints)
         self.status = StatusDir(settings.spool, settings.host)
+        self.writer = StatusWriter(self.status, settings.log_cap)  # fsyncs off the loop
         self.runs_dir = settings.state_dir / "runs"
         self.jobs: dict[str, Job] = {}
+        # Jobs that are not at rest (waiting, running, stopping, or missing): the only ones
+        # a step looks at, so a step costs O(active), not O(all jobs) — 10,000 finished
+        # jobs cost nothing per step. Kept in step with self.jobs by _apply/_track.
+        self._active: set[str] = set()
+        self._deleted: set[str] = set()  # deleted jobs whose status waits for the retention
+        self._seen: dict[str, tuple[str, float]] = {}  # digest → first seen, from the ledger
+        self._restored: dict[str, FileKey] = {}  # files whose verdict the ledger holds
+        self._finished: dict[str, list[Path]] = {}  # raw files of ended runs, to delete
         self.conflicts: dict[str, list[str]] = {}
+        self._listing: Listing | None = None  # the last full listing of jobs/
         self._known: dict[str, tuple[int, int, int]] = {}  # stat key of each file read
         self._unsettled: dict[str, _Unsettled] = {}
         self._children: dict[str, process.Child] = {}  # run id → child we spawned
+        self._waiters = _Waiters(self._wait_child)
         self._exits: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
         self._changed: set[str] = set()  # jobs whose status file is out of date
         self._unsaved: set[str] = set()  # jobs whose ledger record is out of date
@@ -127,6 +147,10 @@ class Daemon:
         (state / "daemon.pid").write_text(f"{os.getpid()}\n")
         self._ledger = Ledger(state / "ledger.sqlite")
         self.jobs = self._ledger.load()
+        self._seen = self._ledger.seen
+        self._restored = self._restorable(self._ledger)
+        for name, job in self.jobs.items():
+            self._track(name, job)
         self.started = self.clock()
         self._adopt(self.started)
         if not self.settings.poll:
@@ -150,12 +174,29 @@ class Daemon:
     def close(self) -> None:
         """Stop watching and release the lock; running jobs keep running."""
         self.watcher.stop()
-        with contextlib.suppress(OSError):
-            self._write_host(self.clock(), stopping=True)
+        self._write_host(self.clock(), stopping=True)
+        written = self.writer.close(timeout=10)
         if self._ledger is not None:
+            if written:  # every status file says what the ledger says
+                self._ledger.set_meta(CLEAN_STOP, "1")
             self._ledger.close()
         if self._lock is not None:
             self._lock.release()
+
+    def _restorable(self, ledger: Ledger) -> dict[str, FileKey]:
+        """Stat keys of job files the ledger's records already reflect.
+
+        At start-up such a file, unchanged since, is neither re-read nor re-parsed, and
+        its status file not rebuilt: with 10,000 finished jobs that is most of a cold
+        start. Only after a clean stop (every status file was written) and with the same
+        reader (version, host name, size limit); otherwise every file is read again.
+        """
+        st = self.settings  # anything that changes what a file reads as
+        reader = repr((__version__, st.host, st.max_job_bytes, st.require_signature, st.allow))
+        ok = ledger.get_meta(CLEAN_STOP) == "1" and ledger.get_meta(READER) == reader
+        ledger.set_meta(CLEAN_STOP, "0")
+        ledger.set_meta(READER, reader)
+        return dict(ledger.files) if ok else {}
 
     def _already_running_message(self) -> str:
         pid_file = self.settings.state_dir / "daemon.pid"
@@ -180,8 +221,21 @@ class Daemon:
         """Nothing running, nothing due, nothing waiting to settle or to be confirmed deleted."""
         if self._unsettled or self._children:
             return False
-        return all(phase(j) is Phase.IDLE and j.missing_since is None for j in self.jobs.values()
+        return all(phase(j) is Phase.IDLE and j.missing_since is None for j in self._active_jobs()
                    if not (j.version and j.version.readiness is Readiness.NOT_READY))
+
+    def _active_jobs(self) -> list[Job]:
+        return [j for n in self._active if (j := self.jobs.get(n)) is not None]
+
+    def _track(self, name: str, job: Job) -> None:
+        if phase(job) is not Phase.IDLE or job.missing_since is not None:
+            self._active.add(name)
+        else:
+            self._active.discard(name)
+        if job.deleted is not None:
+            self._deleted.add(name)
+        else:
+            self._deleted.discard(name)
 
     # --- one round ----------------------------------------------------------
 
@@ -189,13 +243,19 @@ class Daemon:
         """Do everything that is due at ``now``; return seconds until the next round."""
         self._collect_exits(now)
         hints = self.hints.drain()
-        settle_due = any(now >= u.since + self.settings.settle for u in self._unsettled.values())
-        if hints or settle_due or now >= self._next_scan:
+        if hints and self._fast_reconcile(now, hints):
+            self._launch_due(now)  # the files that arrived start before jobs/ is listed
+        # A file written in place is due once it has stayed still for `settle`, not at the
+        # next periodic rescan (which may be many seconds later).
+        settled = any(now >= u.since + self.settings.settle for u in self._unsettled.values())
+        if hints or settled or now >= self._next_scan:
             self._reconcile(now, hints)
             self._next_scan = now + self.settings.scan_interval
-        for name, job in list(self.jobs.items()):
-            if phase(job) is not Phase.IDLE or job.missing_since is not None:
-                self._apply(name, Tick(now))
+        # Only jobs with a deadline that has come: a Tick changes nothing else (the same
+        # deadlines decide when the loop wakes), and a burst leaves 1,000 jobs waiting.
+        for job in self._active_jobs():
+            if any(t <= now for t in _job_deadlines(job, self.timing, now)):
+                self._apply(job.name, Tick(now))
         self._launch_due(now)
         self._refresh_logs(now)
         self._forget_expired(now)
@@ -207,6 +267,7 @@ class Daemon:
         new, actions = transition(job, event, self.timing)
         if new != job:
             self.jobs[name] = new
+            self._track(name, new)
             self._changed.add(name)
             self._unsaved.add(name)
         self._pending_actions.extend(actions)
@@ -224,7 +285,8 @@ class Daemon:
     def _commit(self) -> None:
         assert self._ledger is not None
         if self._unsaved:
-            self._ledger.save(self.jobs[n] for n in self._unsaved if n in self.jobs)
+            self._ledger.save((self.jobs[n] for n in self._unsaved if n in self.jobs),
+                              files=self._known)
             self._unsaved.clear()
 
     # --- reconcile: the listing is the truth --------------------------------
@@ -244,6 +306,7 @@ class Daemon:
                 logger.info("spool available again: %s", self.settings.jobs_dir)
         if listing is None:
             return
+        self._listing = listing
         self._update_conflicts(listing)
         if listing.refused != self.refused:
             for rel in listing.refused.keys() - self.refused.keys():
@@ -251,21 +314,67 @@ class Daemon:
             self.refused = dict(listing.refused)
             self._next_heartbeat = now  # host.yaml lists them
         for name, info in listing.jobs.items():
-            if self._known.get(name) == info.key:
-                continue
-            if not self._settled(name, info, now, hints.get(str(info.path))):
-                continue
-            self._known[name] = info.key
-            version = self._read(name, info, now)
-            if version.readiness is Readiness.OTHER_HOST and name not in self.jobs:
-                continue  # none of this host's business
-            self._apply(name, FileRead(version, now))
+            self._consider(name, info, now, hints.get(info.where))
         for name in list(self.jobs):
             if name not in listing.jobs:
                 self._known.pop(name, None)
                 self._unsettled.pop(name, None)
                 if self.jobs[name].deleted is None:
                     self._apply(name, FileMissing(now))
+        self._restored = {}  # only the first listing after the start may use them
+
+    def _consider(self, name: str, info: FileStat, now: float, hint: Hint | None) -> None:
+        """Read the job's file if its stat changed (and it is complete); feed the machine."""
+        if self._known.get(name) == info.key:
+            return
+        if self._unchanged_since_restart(name, info):
+            self._known[name] = info.key
+            return
+        if not self._settled(name, info, now, hint):
+            return
+        self._known[name] = info.key
+        version = self._read(name, info, now)
+        if version.readiness is Readiness.OTHER_HOST and name not in self.jobs:
+            return  # none of this host's business
+        self._apply(name, FileRead(version, now))
+
+    def _fast_reconcile(self, now: float, hints: dict[str, Hint]) -> bool:
+        """Act on files that arrived complete before listing all of jobs/; True if any.
+
+        Listing 10,000 files takes ~45 ms, all of it added to a job's start. A file moved
+        into place decides its job alone when the last listing knew no other file for that
+        name (another suffix, a conflicted copy); otherwise it waits for the listing, which
+        follows in the same step either way (events stay hints; the listing is the truth).
+        """
+        listing = self._listing
+        if listing is None or self._restored:
+            return False
+        acted = False
+        for path, hint in hints.items():
+            found = stat_file(self.settings.jobs_dir, path) if hint is Hint.COMPLETE else None
+            if found is None:
+                continue
+            name, info = found
+            known = listing.jobs.get(name)
+            if (known is not None and known.where != info.where) or name in listing.conflicts:
+                continue
+            listing.jobs[name] = info
+            self._consider(name, info, now, hint)
+            acted = True
+        return acted
+
+    def _unchanged_since_restart(self, name: str, info: FileStat) -> bool:
+        """A finished job whose file is still the very file (stat key) of the version it ran.
+
+        Reading it again could change nothing: not the machine's decision (nothing runs
+        without a new digest) and not its status file (the version's digest is the run's,
+        and its mtime and first-seen time are what the file already shows).
+        """
+        job = self.jobs.get(name)
+        if self._restored.pop(name, None) != info.key or job is None or name in self._active:
+            return False
+        seen = self._seen.get(name)
+        return job.run is not None and seen is not None and seen[0] == job.run.digest
 
     def _settled(self, name: str, info: FileStat, now: float, hint: Hint | None) -> bool:
         """Read a file that arrived complete at once; one written in place once it is still."""
@@ -320,15 +429,10 @@ class Daemon:
         previous = job.version if job else None
         if previous and previous.digest == spec.digest and previous.seen is not None:
             return previous.seen
-        assert self._ledger is not None
-        key = f"seen:{name}"
-        if job is not None and job.deleted is None:
-            # After a restart (or a spell of not being readable) the version in memory is
-            # gone or another one: the ledger remembers when this version was first seen.
-            digest, _, when = (self._ledger.get_meta(key) or "").partition(" ")
-            if digest == spec.digest and when:
-                return float(when)
-        self._ledger.set_meta(key, f"{spec.digest} {now!r}")
+        if previous is None:  # after a restart: the ledger remembers it
+            digest, seen = self._seen.pop(name, ("", 0.0))
+            if digest == spec.digest:
+                return seen
         return now
 
     def _update_conflicts(self, listing: Listing) -> None:
@@ -341,18 +445,20 @@ class Daemon:
                     self.conflicts.pop(name, None)
                 if name in self.jobs:
                     self._changed.add(name)
+                    self._restored.pop(name, None)  # read it: its status is rewritten
                 if new:
                     logger.info("conflicted copies of %s never run: %s", name, ", ".join(new))
 
     # --- launching and processes --------------------------------------------
 
     def _launch_due(self, now: float) -> None:
-        running = sum(1 for j in self.jobs.values() if j.running)
+        active = self._active_jobs()
+        running = sum(1 for j in active if j.running)
         free = self.settings.max_parallel - running
         if free > 0:
-            due = [j for j in self.jobs.values() if j.due]
-            due.sort(key=lambda j: (j.version.seen if j.version and j.version.seen else 0, j.name))
-            for job in due[:free]:
+            due = heapq.nsmallest(free, (j for j in active if j.due), key=lambda j: (
+                j.version.seen if j.version and j.version.seen else 0, j.name))
+            for job in due:
                 self._apply(job.name, Launch(_run_id(now), now))
         self._commit_and_act(now)
 
@@ -380,8 +486,7 @@ class Daemon:
         logger.info("job %s started (run %s, pid %d)", action.name, run_id, child.handle.pid)
         self._children[run_id] = child
         self._apply(action.name, Spawned(child.handle.pid, child.handle.create_time))
-        threading.Thread(target=self._wait_child, args=(run_id, child), daemon=True,
-                         name=f"wait-{run_id}").start()
+        self._waiters.submit(run_id, child)
 
     def _wait_child(self, run_id: str, child: process.Child) -> None:
         code = child.wait()
@@ -401,7 +506,7 @@ class Daemon:
             process.terminate(handle, run.run_id)
 
     def _collect_exits(self, now: float) -> None:
-        by_run = {j.run.run_id: j.name for j in self.jobs.values() if j.running and j.run}
+        by_run = {j.run.run_id: j.name for j in self._active_jobs() if j.running and j.run}
         while True:
             try:
                 run_id, code = self._exits.get_nowait()
@@ -414,16 +519,21 @@ class Daemon:
                 self._finish_run(name, recorded if recorded is not None else code, now)
         if now >= self._next_adopted_poll:
             self._next_adopted_poll = now + ADOPTED_POLL
-            for job in list(self.jobs.values()):
+            for job in self._active_jobs():
                 if job.running and job.run and job.run.run_id not in self._children:
                     self._check_adopted(job, now)
-        self._commit_and_act(now)
+        # Committed with the launches of this step (one fsync, before any action).
 
     def _finish_run(self, name: str, code: int | None, now: float) -> None:
         job = self.jobs[name]
         assert job.run is not None
         self._apply(name, Exited(code, now) if code is not None else Vanished(now))
-        self.status.publish_log(name, self._output_path(job.run.run_id), self.settings.log_cap)
+        run_id = job.run.run_id
+        self.writer.log(name, self._output_path(run_id))
+        # Deleted once the log and the final status are written (the job may run again
+        # before that: its new run's files are not these).
+        self._finished.setdefault(name, []).extend(
+            [self._output_path(run_id), self._exit_path(run_id)])
         self._log_refreshed.pop(name, None)
 
     def _check_adopted(self, job: Job, now: float) -> None:
@@ -463,58 +573,41 @@ class Daemon:
 
     def _refresh_logs(self, now: float) -> None:
         """Running jobs' logs reach the phone every few seconds, not only at the end."""
-        for job in self.jobs.values():
+        for job in self._active_jobs():
             if job.running and job.run:
                 last = self._log_refreshed.get(job.name, job.run.started)
                 if now - last >= LOG_REFRESH:
                     self._log_refreshed[job.name] = now
-                    self.status.publish_log(job.name, self._output_path(job.run.run_id),
-                                            self.settings.log_cap)
+                    self.writer.log(job.name, self._output_path(job.run.run_id))
 
     def _publish(self, now: float) -> None:
+        """Hand changed statuses to the writer thread (it retries failed writes itself)."""
         changed, self._changed = self._changed, set()
         for name in changed:
             job = self.jobs.get(name)
-            if job is None:
-                continue
-            try:
-                self.status.write_job(job, self.conflicts.get(name, ()))
-            except ValueError as e:  # not a safe name (an old ledger): never written anywhere
-                logger.warning("no status file for %r: %s", name, e)
-                continue
-            except OSError as e:  # full or read-only: keep it dirty, the next round retries
-                logger.warning("cannot write the status of %s: %s", name, e)
-                self._changed.add(name)
-                continue
-            self._forget_run_files(job)
+            if job is not None:
+                forget = self._finished.pop(name, [])
+                self.writer.job(job, self.conflicts.get(name, ()), forget=forget)
         if changed and self._index_due is None:
             self._index_due = now + INDEX_DELAY
-        try:  # a full disk, or a link planted in status/HOST/, must not stop the daemon
-            if self._index_due is not None and now >= self._index_due:
-                self.status.write_index(self.jobs.values(), now)
-                self._index_due = None
-            if changed or now >= self._next_heartbeat:
-                self._write_host(now)
-        except OSError as e:
-            logger.warning("cannot write to %s: %s", self.status.root, e)
-
-    def _forget_run_files(self, job: Job) -> None:
-        """A finished run's raw output is in the synced log now; keep the state dir small."""
-        if job.run is not None and job.run.finished is not None:
-            for path in (self._output_path(job.run.run_id), self._exit_path(job.run.run_id)):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+        if self._index_due is not None and now >= self._index_due:
+            self.writer.index(list(self.jobs.values()), now)
+            self._index_due = None
+        if changed or now >= self._next_heartbeat:
+            self._write_host(now)
 
     def _forget_expired(self, now: float) -> None:
         """Deleted jobs whose retention is over: their status and log go, then their record."""
-        expired = [name for name, job in self.jobs.items()
-                   if (end := _retention_end(job, self.settings.retention)) is not None
-                   and now >= end]
+        expired = [name for name, end in self._retention_ends().items() if now >= end]
         if not expired:
             return
-        for name in expired:  # files first: a crash in between only repeats the removal
+        # Queued writes first (they would recreate the files), then the files, then the
+        # record: a crash in between only repeats the removal.
+        self.writer.flush(timeout=5)
+        for name in expired:
             self.status.remove_job(name)
             del self.jobs[name]
+            self._deleted.discard(name)
             self._changed.discard(name)
             self._unsaved.discard(name)
             self._log_refreshed.pop(name, None)
@@ -525,6 +618,7 @@ class Daemon:
 
     def _write_host(self, now: float, stopping: bool = False) -> None:
         self._next_heartbeat = now + self.settings.heartbeat_interval
+        jobs = list(self.jobs.values())  # counted on the writer thread
         doc: dict[str, Any] = {
             "host": self.settings.host,
             "version": __version__,
@@ -535,27 +629,70 @@ class Daemon:
             "updated": timestamp(now),
             "last_scan": timestamp(self.last_scan),
             "watcher": "polling" if self.settings.poll else self.watcher.kind,
-            "jobs": counts(self.jobs.values()),
         }
         if self.warnings:
             doc["warnings"] = list(self.warnings)
         if self.refused:  # names that get no status file of their own, and why
             doc["refused"] = [{"file": rel, "reason": reason}
                               for rel, reason in sorted(self.refused.items())[:MAX_REFUSED]]
-        self.status.write_host(doc)
+        self.writer.host(lambda: {**doc, "jobs": counts(jobs)})
+
+    def _retention_ends(self) -> dict[str, float]:
+        """When each deleted job's status is due for removal."""
+        ends = {}
+        for name in self._deleted:
+            job = self.jobs.get(name)
+            end = None if job is None else _retention_end(job, self.settings.retention)
+            if end is not None:
+                ends[name] = end
+        return ends
+
 
     def _next_deadline(self, now: float) -> float:
         deadlines = [self._next_scan, self._next_heartbeat]
         if self._index_due is not None:
             deadlines.append(self._index_due)
         deadlines.extend(u.since + self.settings.settle for u in self._unsettled.values())
-        for job in self.jobs.values():
+        deadlines.extend(self._retention_ends().values())
+        for job in self._active_jobs():
             deadlines.extend(_job_deadlines(job, self.timing, now))
-            if (end := _retention_end(job, self.settings.retention)) is not None:
-                deadlines.append(end)
             if job.running and job.run and job.run.run_id not in self._children:
                 deadlines.append(self._next_adopted_poll)
         return min(deadlines)
+
+
+class _Waiters:
+    """Daemon threads that each block in one child's wait, reused for the next child.
+
+    Starting a thread per job cost ~1 ms of the loop's time in a burst; a pool of
+    reusable *daemon* threads (concurrent.futures' are joined at exit, which would
+    keep a stopping daemon alive until its jobs end) grows to the number of jobs
+    running at once.
+    """
+
+    def __init__(self, wait: Callable[[str, process.Child], None]) -> None:
+        self._wait = wait
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._queue: queue.SimpleQueue[tuple[str, process.Child]] = queue.SimpleQueue()
+
+    def submit(self, run_id: str, child: process.Child) -> None:
+        with self._lock:
+            reuse = self._idle > 0
+            if reuse:
+                self._idle -= 1  # reserved: exactly one idle thread takes this item
+        if reuse:
+            self._queue.put((run_id, child))
+        else:
+            threading.Thread(target=self._work, args=(run_id, child), daemon=True,
+                             name="wait-child").start()
+
+    def _work(self, run_id: str, child: process.Child) -> None:
+        while True:
+            self._wait(run_id, child)
+            with self._lock:
+                self._idle += 1
+            run_id, child = self._queue.get()
 
 
 def _job_deadlines(job: Job, timing: Timing, now: float) -> Iterable[float]:

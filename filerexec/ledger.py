@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,24 +45,49 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        # The last committed record of each job: a save skips unchanged ones, so a restart
+        # that re-reads 10,000 unchanged job files commits nothing.
+        self._saved: dict[str, str] = {}
+        self.seen: dict[str, tuple[str, float]] = {}  # by load(): digest → first seen
+        self.files: dict[str, FileKey] = {}  # by load(): stat key of the file last read
 
     def close(self) -> None:
         self._db.close()
 
     def load(self) -> dict[str, Job]:
         """Every job as last committed (file versions are re-read by the reconciler)."""
-        rows = self._db.execute("SELECT data FROM jobs").fetchall()
-        jobs = (job_from_record(json.loads(data)) for (data,) in rows)
-        return {job.name: job for job in jobs}
+        jobs: dict[str, Job] = {}
+        for (data,) in self._db.execute("SELECT data FROM jobs"):
+            rec = json.loads(data)
+            job = job_from_record(rec)
+            jobs[job.name] = job
+            self._saved[job.name] = data
+            if rec.get("seen"):
+                digest, seen = rec["seen"]
+                self.seen[job.name] = (digest, seen)
+            if rec.get("file"):
+                size, mtime_ns, ino = rec["file"]
+                self.files[job.name] = (size, mtime_ns, ino)
+        return jobs
 
-    def save(self, jobs: Iterable[Job], removed: Iterable[str] = ()) -> None:
-        """Commit changed jobs (and their runs) in one durable transaction."""
+    def save(self, jobs: Iterable[Job], removed: Iterable[str] = (),
+             files: Mapping[str, FileKey] | None = None) -> None:
+        """Commit changed jobs (and their runs) in one durable transaction.
+
+        ``files`` gives the stat key of the file each job's record reflects, so that a
+        restart need not re-read a file that has not changed since (see ``files``).
+        """
+        files = files or {}
+        records = [(job, _dump({**job_to_record(job), "file": files.get(job.name)}))
+                   for job in jobs]
+        records = [(job, data) for job, data in records if self._saved.get(job.name) != data]
+        removed = list(removed)
+        if not records and not removed:
+            return
         with self._transaction() as db:
-            for job in jobs:
-                db.execute(
-                    "INSERT OR REPLACE INTO jobs (name, data) VALUES (?, ?)",
-                    (job.name, json.dumps(job_to_record(job), separators=(",", ":"))),
-                )
+            for job, data in records:
+                db.execute("INSERT OR REPLACE INTO jobs (name, data) VALUES (?, ?)",
+                           (job.name, data))
                 if job.run is not None:
                     r = job.run
                     db.execute(
@@ -78,6 +103,10 @@ class Ledger:
             for name in removed:
                 db.execute("DELETE FROM jobs WHERE name = ?", (name,))
                 db.execute("DELETE FROM accepted WHERE job = ?", (name,))
+        # Only once committed: a failed transaction must not pass for saved.
+        self._saved.update((job.name, data) for job, data in records)
+        for name in removed:
+            self._saved.pop(name, None)
 
     def runs(self, job: str | None = None) -> list[dict[str, Any]]:
         """Run history, oldest first (all jobs, or one)."""
@@ -121,6 +150,13 @@ class Ledger:
         return _Transaction(self._db)
 
 
+FileKey = tuple[int, int, int]  # size, mtime_ns, inode
+
+
+def _dump(rec: dict[str, Any]) -> str:
+    return json.dumps(rec, separators=(",", ":"))
+
+
 class _Transaction:
     """BEGIN IMMEDIATE … COMMIT, rolled back on error."""
 
@@ -137,9 +173,12 @@ class _Transaction:
 
 def job_to_record(job: Job) -> dict[str, Any]:
     """The durable part of a job: everything but the file version, which is re-read."""
-    run = job.run
+    run, version = job.run, job.version
     return {
         "name": job.name,
+        # When this host first saw the current version: a restart must not reset it.
+        "seen": [version.digest, version.seen] if version and version.digest and version.seen
+        else None,
         "state": job.state.value,
         "reason": job.reason,
         "started_digest": job.started_digest,

@@ -9,6 +9,8 @@ so the daemon also rescans periodically; ``--poll`` relies on the rescan alone.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 from collections.abc import Callable
 from enum import StrEnum
@@ -16,14 +18,18 @@ from pathlib import Path
 
 from watchdog.events import (
     FileClosedEvent,
+    FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
+from filerexec.names import Kind, classify
+
 logger = logging.getLogger(__name__)
 
+_NOISE = frozenset({Kind.TEMP, Kind.META})
 MAX_HINTS = 10_000  # past this, drop hints: the rescan is the truth anyway
 # Opening or listing a folder (as every rescan does) is no change: waking on it would loop.
 _CHANGES = frozenset({"created", "modified", "deleted"})
@@ -62,12 +68,59 @@ class _Handler(FileSystemEventHandler):
         self._hints = hints
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type == "moved":  # files and folders moved into place are complete
-            self._hints.add(_text(event.dest_path), Hint.COMPLETE)
+        if not event.is_directory and _noise(event):
+            return  # e.g. a sync client writing its temp file: waking for it only slows the job
+        if event.event_type == "moved":
+            # Files and folders moved into place are complete (sync clients finish downloads
+            # that way). With full events a move from outside has no source and a move out
+            # no destination.
+            if event.dest_path:
+                self._hints.add(_text(event.dest_path), Hint.COMPLETE)
+            else:
+                self._hints.add(_text(event.src_path), Hint.CHANGED)
         elif isinstance(event, FileClosedEvent):
             self._hints.add(_text(event.src_path), Hint.COMPLETE)
         elif event.event_type in _CHANGES:
             self._hints.add(_text(event.src_path), Hint.CHANGED)
+
+
+def _observer() -> BaseObserver:
+    """watchdog's native observer; on Linux with full events, so that a file moved in from
+    outside ``jobs/`` arrives as a move (complete: read at once) rather than as a creation
+    (read only once it has stood still for ``settle``)."""
+    if sys.platform.startswith("linux"):
+        from watchdog.observers.inotify import InotifyObserver
+
+        _shorten_move_pairing()
+        return InotifyObserver(generate_full_events=True)
+    return Observer()
+
+
+MOVE_PAIRING = 0.005  # seconds; watchdog's default is 0.5
+
+
+def _shorten_move_pairing() -> None:
+    """Hold an unpaired IN_MOVED_FROM for 5 ms instead of watchdog 7's 500 ms.
+
+    watchdog keeps a move-out (a sync client moving a deleted job into its trash or
+    versions folder) in a delay queue to pair it with a move-in, and that queue blocks
+    every event behind it: a job dropped just after a deletion waited half a second.
+    The two halves of a rename arrive in one inotify read, and with full events an
+    unpaired half is still a move (in: complete; out: changed), so little is lost.
+    """
+    try:
+        from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+    except ImportError:  # other watchdog versions: keep their behaviour
+        return
+    InotifyMoveEventGrouper.delay = MOVE_PAIRING
+
+
+def _noise(event: FileSystemEvent) -> bool:
+    """A file event about names that are never read (temp files, metadata) on both ends."""
+    paths = [event.src_path, event.dest_path] if isinstance(event, FileMovedEvent) else [
+        event.src_path]
+    paths = [p for p in paths if p]
+    return all(classify(os.path.basename(_text(p))).kind in _NOISE for p in paths)
 
 
 def _text(path: bytes | str) -> str:
@@ -100,7 +153,7 @@ class Watcher:
         if self._observer is not None and same and self._observer.is_alive():
             return
         self.stop()
-        observer = Observer()
+        observer = _observer()
         try:
             observer.schedule(_Handler(self._hints), str(self.jobs_dir), recursive=True)
             observer.start()

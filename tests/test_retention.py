@@ -40,6 +40,7 @@ def test_daemon_removes_deleted_jobs_status_after_retention(spool: Path, tmp_pat
         for _ in range(2):  # the next listing misses it; the one after the grace confirms it
             offset[0] += settings.scan_interval
             daemon.step(clock())
+        assert daemon.writer.flush()  # status files are written on the writer thread
         assert "deleted:" in (status / "gone.yaml").read_text()
         deleted_at = daemon.jobs["gone"].deleted
         assert deleted_at is not None
@@ -50,6 +51,7 @@ def test_daemon_removes_deleted_jobs_status_after_retention(spool: Path, tmp_pat
 
         offset[0] += 2
         daemon.step(clock())
+        assert daemon.writer.flush()
         assert not (status / "gone.yaml").exists() and not (status / "gone.log").exists()
         assert (status / "kept.yaml").exists() and (status / "kept.log").exists()
         assert "gone" not in daemon.jobs

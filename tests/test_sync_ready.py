@@ -192,7 +192,7 @@ def test_file_still_growing_never_runs_half_and_does_not_block(
 
 def _stat(path: Path, **change: Any) -> FileStat:
     st = os.stat(path)
-    fields: dict[str, Any] = dict(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns,
+    fields: dict[str, Any] = dict(where=str(path), size=st.st_size, mtime_ns=st.st_mtime_ns,
                                   ino=st.st_ino, mode=st.st_mode, nlink=st.st_nlink)
     fields.update(change)
     return FileStat(**fields)

@@ -1,0 +1,520 @@
+#!/usr/bin/env python3
+"""Benchmark filerexec against a bare inotify loop (issue 7), in one run.
+
+Baseline: ``inotifywait -m -e moved_to --format %w%f DIR`` feeding a shell loop
+that runs each new file with ``sh -c "$(cat FILE)" &``. filerexec: a real
+``filerexec serve`` on its own spool and state folder. Both arms run side by
+side; where they are compared the drops alternate (ABBA), so a neighbour's load
+on this shared machine hits both alike, and results are reported as ratios.
+
+Job files arrive as sync clients deliver them: written under a temp name
+(``.syncthing.NAME.tmp``), then renamed into place. Every job runs the same
+command, ``date +%s%N >>OUT``: it records its own start time (the first thing
+it does), so latency = that time - the moment of the rename, and the number of
+lines in OUT is the number of times it ran.
+
+Measured:
+  latency    drop→start p50/p95 over --drops drops per arm
+  burst      --burst jobs dropped at once: wall time until every job has run,
+             each exactly once (checked again after the idle period)
+  idle       CPU of the daemon over --idle seconds with the burst's finished jobs
+             in the spool (utime+stime from /proc/PID/stat), and its peak RSS (VmHWM)
+  rescan     a full rescan of --many finished job files: ``Daemon.step`` with a scan
+             due and nothing changed, timed in this process on the real spool/ledger
+  cold start ``filerexec serve`` on a spool with --many finished jobs until ready:
+             host.yaml written by the new pid with every job counted as finished
+             (the daemon writes host.yaml only after its first full reconcile)
+
+Run with the project's venv: ``.venv/bin/python scripts/bench.py`` (``--quick``
+is a seconds-long smoke run for CI; its numbers mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+HOST = "bench"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# (name, target as text, check on the measured value) — the issue's targets.
+TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "p50": ("≤ 1.5x", lambda r: r <= 1.5),
+    "p95": ("≤ 2.5x", lambda r: r <= 2.5),
+    "burst": ("≤ 2x", lambda r: r <= 2.0),
+    "idle": ("< 0.2 %", lambda v: v < 0.2),
+    "rss": ("< 80 MB", lambda v: v < 80),
+    "rescan": ("< 0.5 s", lambda v: v < 0.5),
+    "cold": ("< 3 s", lambda v: v < 3.0),
+}
+
+
+def job_command(out: Path) -> str:
+    return f"date +%s%N >>{out}"
+
+
+def drop(jobs: Path, name: str, text: str) -> int:
+    """Deliver a job file like a sync client; return the time of the rename (ns)."""
+    tmp = jobs / f".syncthing.{name}.tmp"
+    tmp.write_text(text)
+    t = time.time_ns()
+    os.rename(tmp, jobs / name)
+    return t
+
+
+def starts(out: Path) -> list[int]:
+    try:
+        return [int(line) for line in out.read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def wait(predicate: Callable[[], object], timeout: float, interval: float = 0.005) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime (all threads, not children)
+
+
+def vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@dataclass
+class Arm:
+    """One side of the comparison: a watched folder and an output folder."""
+
+    name: str
+    root: Path
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.jobs.mkdir(parents=True)
+        self.out.mkdir(parents=True)
+        self.log = self.root / "arm.log"
+
+    @property
+    def jobs(self) -> Path:
+        return self.root / "jobs"
+
+    @property
+    def out(self) -> Path:
+        return self.root / "out"
+
+    def job_text(self, name: str) -> str:
+        raise NotImplementedError
+
+    def file_name(self, name: str) -> str:
+        raise NotImplementedError
+
+    def drop(self, name: str) -> int:
+        return drop(self.jobs, self.file_name(name), self.job_text(name))
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+
+class Baseline(Arm):
+    LOOP = ('inotifywait -m -q -e moved_to --format %w%f "$1" |'
+            ' while IFS= read -r f; do sh -c "$(cat "$f")" & done')
+
+    def job_text(self, name: str) -> str:
+        return job_command(self.out / name) + "\n"
+
+    def file_name(self, name: str) -> str:
+        return name + ".sh"
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(["sh", "-c", self.LOOP, "baseline", str(self.jobs)],
+                                         stdout=log, stderr=log, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+
+class Filerexec(Arm):
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        (self.root / "status").mkdir()
+        self.state = self.root.parent / f"{self.root.name}-state"
+
+    @property
+    def status(self) -> Path:
+        return self.root / "status" / HOST
+
+    def job_text(self, name: str) -> str:
+        return yaml.safe_dump({"commands": job_command(self.out / name)}, width=1000)
+
+    def file_name(self, name: str) -> str:
+        return name + ".yaml"
+
+    def start(self) -> float:
+        """Start ``filerexec serve``; return the time it was started."""
+        argv = [sys.executable, "-m", "filerexec", "serve", str(self.root), "--host", HOST,
+                "--state-dir", str(self.state)]
+        t = time.time()
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, cwd=ROOT,
+                                         start_new_session=True)
+        return t
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def host_doc(self) -> dict[str, object]:
+        try:
+            doc = yaml.safe_load((self.status / "host.yaml").read_text())
+        except (FileNotFoundError, yaml.YAMLError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def finished(self) -> int:
+        """Jobs the running daemon has recorded as succeeded (from host.yaml)."""
+        doc = self.host_doc()
+        if doc.get("pid") != self.pid:
+            return -1
+        jobs = doc.get("jobs") or {}
+        return int(jobs.get("succeeded", 0)) if isinstance(jobs, dict) else 0
+
+    def ready(self, expected: int) -> bool:
+        return self.finished() == expected
+
+    def job_state(self, name: str) -> str | None:
+        try:
+            text = (self.status / f"{name}.yaml").read_text()
+        except FileNotFoundError:
+            return None
+        for line in text.splitlines():
+            if line.startswith("state:"):
+                return line.split(":", 1)[1].strip()
+        return None
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+# --- the measurements -------------------------------------------------------
+
+
+def measure_latency(base: Baseline, fx: Filerexec, drops: int,
+                    prefix: str) -> dict[str, list[float]]:
+    """Alternate single drops (ABBA order); each waits for its job to start and finish."""
+    lat: dict[str, list[float]] = {"base": [], "fx": []}
+    for i in range(drops):
+        order: list[Arm] = [base, fx] if i % 2 == 0 else [fx, base]
+        for arm in order:
+            name = f"{prefix}{i:04d}"
+            t = arm.drop(name)
+            out = arm.out / name
+            if not wait(lambda out=out: out.exists() and out.read_text().endswith("\n"), 20):
+                raise SystemExit(f"{arm.name}: job {name} did not start within 20 s")
+            lat["base" if arm is base else "fx"].append((starts(out)[0] - t) / 1e6)
+            if arm is fx:  # let the daemon finish its bookkeeping before the next drop
+                wait(lambda name=name: fx.job_state(name) == "succeeded", 20)
+            time.sleep(0.02)
+    return lat
+
+
+def measure_latency_alone(fx: Filerexec, drops: int, prefix: str) -> list[float]:
+    """Drop→start of single drops into one daemon's spool (no alternation: one arm)."""
+    lat = []
+    for i in range(drops):
+        name = f"{prefix}{i:04d}"
+        t = fx.drop(name)
+        out = fx.out / name
+        if not wait(lambda out=out: out.exists() and out.read_text().endswith("\n"), 20):
+            raise SystemExit(f"{fx.name}: job {name} did not start within 20 s")
+        lat.append((starts(out)[0] - t) / 1e6)
+        wait(lambda name=name: fx.job_state(name) == "succeeded", 20)
+        time.sleep(0.02)
+    return lat
+
+
+def measure_burst(arm: Arm, count: int, prefix: str,
+                  recorded: Callable[[], bool] | None = None) -> tuple[float, float | None]:
+    """Drop ``count`` jobs at once; seconds until all ran (by their own clocks), and
+    for filerexec until the daemon recorded every one as finished."""
+    names = [f"{prefix}{i:05d}" for i in range(count)]
+    t0 = time.time_ns()
+    for n in names:
+        arm.drop(n)
+    outs = [arm.out / n for n in names]
+    if not wait(lambda: all(o.exists() for o in outs), 600, 0.02):
+        missing = sum(1 for o in outs if not o.exists())
+        raise SystemExit(f"{arm.name}: {missing} of {count} burst jobs never ran")
+    wait(lambda: all(o.read_text().endswith("\n") for o in outs), 30, 0.02)
+    wall = (max(starts(o)[0] for o in outs) - t0) / 1e9
+    done = None
+    if recorded is not None:
+        if not wait(recorded, 600, 0.02):
+            raise SystemExit(f"{arm.name}: the daemon never recorded the burst as finished")
+        done = (time.time_ns() - t0) / 1e9
+    return wall, done
+
+
+def ran_once(arm: Arm, prefix: str, count: int) -> bool:
+    return all(len(starts(arm.out / f"{prefix}{i:05d}")) == 1 for i in range(count))
+
+
+def measure_idle(pids: dict[str, int], seconds: float) -> dict[str, float]:
+    before = {k: cpu_ticks(p) for k, p in pids.items()}
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - t0
+    return {k: 100 * (cpu_ticks(p) - before[k]) / CLK_TCK / elapsed for k, p in pids.items()}
+
+
+def measure_rescan(fx: Filerexec, rounds: int) -> list[float]:
+    """Time full rescans of the spool in this process, through the daemon's own step."""
+    from filerexec.config import Settings, spool_state_dir
+    from filerexec.daemon import Daemon
+
+    settings = Settings(spool=fx.root.resolve(), host=HOST,
+                        state_dir=spool_state_dir(fx.state, fx.root))
+    daemon = Daemon(settings)
+    daemon.open()
+    times = []
+    try:
+        now = time.time()
+        daemon.step(now)  # the cold start's first pass
+        for _ in range(rounds):
+            now = time.time()
+            daemon._next_scan = 0.0  # a full rescan is due now
+            daemon._next_heartbeat = now + 3600.0  # measure the scan, not the heartbeat
+            t = time.perf_counter()
+            daemon.step(now)
+            times.append(time.perf_counter() - t)
+    finally:
+        daemon.close()
+    return times
+
+
+def prepare_many(fx: Filerexec, count: int) -> float:
+    """Run ``count`` jobs to completion once (a first start that finds them all new)."""
+    for i in range(count):
+        name = f"m{i:05d}"
+        (fx.jobs / f"{name}.yaml").write_text(fx.job_text(name))
+    t = fx.start()
+    if not wait(lambda: fx.finished() == count, 1800, 0.2):
+        raise SystemExit(f"the daemon did not finish {count} jobs (log: {fx.log})")
+    seconds = time.time() - t
+    fx.stop()
+    return seconds
+
+
+def measure_cold(fx: Filerexec, count: int) -> float:
+    t = fx.start()
+    if not wait(lambda: fx.ready(count), 120, 0.01):
+        raise SystemExit(f"cold start: not ready within 120 s (log: {fx.log})")
+    seconds = time.time() - t
+    fx.stop()
+    return seconds
+
+
+def measure_idle_row(base: Baseline, fx: Filerexec,
+                     args: argparse.Namespace) -> tuple[str, str, str, str, str]:
+    """Idle CPU of both arms in the same window, the burst's finished jobs in the spool."""
+    wait(lambda: False, 2.0 if not args.quick else 0.2)  # let index.md settle first
+    loop_pids = [int(p) for p in subprocess.run(
+        ["pgrep", "-g", str(base.pid)], capture_output=True, text=True).stdout.split()]
+    idle = measure_idle({"fx": fx.pid, **{f"b{p}": p for p in loop_pids}}, args.idle)
+    idle_b = sum(v for k, v in idle.items() if k != "fx")
+    return (f"idle CPU, {args.idle:g} s, {fx.finished()} finished jobs",
+            f"{idle_b:.3f} %", f"{idle['fx']:.3f} %", "", verdict("idle", idle["fx"]))
+
+
+# --- report -----------------------------------------------------------------
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{os.cpu_count()} cores ({model}), Linux {platform.release()}, "
+            f"Python {platform.python_version()}")
+
+
+def verdict(key: str, value: float) -> str:
+    target, ok = TARGETS[key]
+    return f"{target} {'✓' if ok(value) else '✗ MISSED'}"
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.3g}-{max(values):.3g}" if len(values) > 1 else ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (CI)")
+    p.add_argument("--drops", type=int, default=100)
+    p.add_argument("--burst", type=int, default=1000)
+    p.add_argument("--idle", type=float, default=60.0)
+    p.add_argument("--many", type=int, default=10_000)
+    p.add_argument("--repeat", type=int, default=1, help="repeat latency and burst")
+    p.add_argument("--keep", action="store_true", help="keep the temp folder")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.drops, args.burst, args.idle, args.many = 4, 20, 1.0, 100
+    if shutil.which("inotifywait") is None:
+        print("bench: inotifywait not found (Debian: apt install inotify-tools)", file=sys.stderr)
+        return 2
+
+    tmp = Path(tempfile.mkdtemp(prefix="filerexec-bench-"))
+    base = Baseline("baseline", tmp / "base")
+    fx = Filerexec("filerexec", tmp / "fx")
+    many = Filerexec("filerexec-10k", tmp / "many")
+    rows: list[tuple[str, str, str, str, str]] = []
+    try:
+        base.start()
+        t_start = fx.start()
+        # Warm up: both arms run one job before anything is timed.
+        for arm in (base, fx):
+            probe = f"warmup-{arm.name}"
+            for _ in range(15):  # the watcher may not be armed yet: drop again
+                arm.drop(probe)
+                if wait(lambda out=arm.out / probe: out.exists(), 2):
+                    break
+            else:
+                raise SystemExit(f"{arm.name} never ran a job (log: {arm.log})")
+        wait(lambda: fx.job_state(f"warmup-{fx.name}") == "succeeded", 20)
+        _ = t_start
+
+        lat_b: list[float] = []
+        lat_f: list[float] = []
+        p50s, p95s, bursts = [], [], []
+        burst_rows = []
+        for rep in range(args.repeat):
+            lat = measure_latency(base, fx, args.drops, f"lat{rep}-")
+            lat_b += lat["base"]
+            lat_f += lat["fx"]
+            p50s.append(statistics.median(lat["fx"]) / statistics.median(lat["base"]))
+            p95s.append(pct(lat["fx"], 0.95) / pct(lat["base"], 0.95))
+            prefix = f"b{rep}-"
+            expected = fx.finished() + args.burst
+            order: list[Arm] = [base, fx] if rep % 2 == 0 else [fx, base]
+            res: dict[str, tuple[float, float | None]] = {}
+            for arm in order:
+                rec = (lambda e=expected: fx.finished() >= e) if arm is fx else None
+                res[arm.name] = measure_burst(arm, args.burst, prefix, rec)
+            bursts.append(res["filerexec"][0] / res["baseline"][0])
+            burst_rows.append(res)
+            if rep == 0:  # idle with the first burst's 1,000 finished jobs (+ the drops)
+                idle_row = measure_idle_row(base, fx, args)
+        b50, b95 = statistics.median(lat_b), pct(lat_b, 0.95)
+        f50, f95 = statistics.median(lat_f), pct(lat_f, 0.95)
+        n = len(lat_f)
+        rows.append((f"drop→start p50 ({n} drops each)", f"{b50:.1f} ms", f"{f50:.1f} ms",
+                     f"{f50 / b50:.2f}x (runs {spread(p50s)})", verdict("p50", f50 / b50)))
+        rows.append(("drop→start p95", f"{b95:.1f} ms", f"{f95:.1f} ms",
+                     f"{f95 / b95:.2f}x (runs {spread(p95s)})", verdict("p95", f95 / b95)))
+        wb = statistics.median(r["baseline"][0] for r in burst_rows)
+        wf = statistics.median(r["filerexec"][0] for r in burst_rows)
+        rows.append((f"burst of {args.burst}: all ran", f"{wb:.2f} s", f"{wf:.2f} s",
+                     f"{wf / wb:.2f}x (runs {spread(bursts)})", verdict("burst", wf / wb)))
+        done = statistics.median(r["filerexec"][1] or 0.0 for r in burst_rows)
+        rows.append((f"burst of {args.burst}: all recorded finished", "", f"{done:.2f} s",
+                     "", "(status + host.yaml)"))
+
+        rows.append(idle_row)
+        ok = all(ran_once(base, f"b{r}-", args.burst) and ran_once(fx, f"b{r}-", args.burst)
+                 for r in range(args.repeat))
+        rows.append(("every burst job ran exactly once", "yes" if ran_once(
+            base, "b0-", args.burst) else "NO", "yes" if ok else "NO", "", "must be yes"))
+        rss = vm_hwm_mb(fx.pid)
+        rows.append(("daemon peak RSS (VmHWM)", "", f"{rss:.1f} MB", "", verdict("rss", rss)))
+        fx.stop()
+        base.stop()
+
+        # 10,000 finished jobs: first run (setup), rescan in-process, cold start.
+        first = prepare_many(many, args.many)
+        rows.append((f"first start, {args.many} new jobs: all finished", "", f"{first:.1f} s",
+                     "", "(setup; info)"))
+        colds = [measure_cold(many, args.many) for _ in range(3)]
+        cold = statistics.median(colds)
+        rows.append((f"cold start, {args.many} finished jobs: ready", "", f"{cold:.2f} s",
+                     f"(runs {spread(colds)})", verdict("cold", cold)))
+        many.start()
+        if not wait(lambda: many.ready(args.many), 120, 0.01):
+            raise SystemExit(f"not ready within 120 s (log: {many.log})")
+        lat_many = measure_latency_alone(many, max(3, args.drops // 5), "late-")
+        many.stop()
+        m50 = statistics.median(lat_many)
+        rows.append((f"drop→start p50, {args.many} finished jobs in the spool "
+                     f"({len(lat_many)} drops)", f"{b50:.1f} ms", f"{m50:.1f} ms",
+                     f"{m50 / b50:.2f}x", "(info: baseline from the small spool)"))
+        scans = measure_rescan(many, 5)
+        scan = statistics.median(scans)
+        rows.append((f"full rescan, {args.many} job files", "", f"{scan * 1000:.0f} ms",
+                     f"(runs {spread([s * 1000 for s in scans])} ms)", verdict("rescan", scan)))
+        again = all(len(starts(many.out / f"m{i:05d}")) == 1 for i in range(args.many))
+        rows.append((f"{args.many} jobs ran exactly once across restarts", "",
+                     "yes" if again else "NO", "", "must be yes"))
+    finally:
+        fx.stop()
+        base.stop()
+        many.stop()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"kept {tmp}", file=sys.stderr)
+
+    print(f"machine: {machine()}")
+    print(f"command: .venv/bin/python scripts/bench.py{' --quick' if args.quick else ''}")
+    print()
+    header = ("measure", "inotifywait + sh", "filerexec", "ratio", "target")
+    table = [header, *rows]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for row in table[1:]:
+        print("| " + " | ".join(row) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""Issue 7: the performance work must not cost correctness; the benchmark must run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from watchdog.events import FileCreatedEvent, FileMovedEvent
+
+from filerexec import daemon as daemon_module
+from filerexec.config import Settings
+from filerexec.daemon import Daemon
+from filerexec.ledger import Ledger
+from filerexec.machine import Job, Readiness, State, Version
+from filerexec.spec import parse_job
+from filerexec.status import StatusDir, StatusWriter, render_index
+from filerexec.watch import Hint, Hints, Watcher, _Handler
+from tests.conftest import Host
+from tests.util import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _job(name: str, reason: str) -> Job:
+    return Job(name, state=State.SUCCEEDED, reason=reason)
+
+
+class _BlockingStatus(StatusDir):
+    """Records every job write; the first one blocks until released."""
+
+    def __init__(self, spool: Path) -> None:
+        super().__init__(spool, "h")
+        self.written: list[str] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.fail_once = False
+
+    def write_job(self, job: Job, conflicts: object = ()) -> bool:
+        self.entered.set()
+        self.release.wait(10)
+        if self.fail_once:
+            self.fail_once = False
+            raise OSError("disk full")
+        self.written.append(job.reason)
+        return super().write_job(job)
+
+
+def test_writer_coalesces_a_burst_of_updates_to_one_job(tmp_path: Path) -> None:
+    status = _BlockingStatus(tmp_path)
+    writer = StatusWriter(status, log_cap=1024)
+    writer.job(_job("a", "v1"))
+    assert status.entered.wait(10)  # the thread is inside the first write
+    writer.job(_job("a", "v2"))
+    writer.job(_job("a", "v3"))
+    status.release.set()
+    assert writer.flush(10)
+    writer.close()
+    assert status.written == ["v1", "v3"]  # v2 was superseded before it was written
+    assert yaml.safe_load(status.job_path("a").read_text())["reason"] == "v3"
+
+
+def test_writer_keeps_log_then_status_then_forget_order_and_retries(tmp_path: Path) -> None:
+    status = _BlockingStatus(tmp_path)
+    status.release.set()
+    status.fail_once = True
+    writer = StatusWriter(status, log_cap=1024, retry=0.01)
+    out, exit_file = tmp_path / "run.out", tmp_path / "run.exit"
+    out.write_text("hello\n")
+    exit_file.write_text("0\n")
+    writer.log("a", out)
+    writer.job(_job("a", "done"), forget=[out, exit_file])
+    assert writer.flush(10)
+    writer.close()
+    assert status.written == ["done"]  # the failed write was retried
+    assert status.log_path("a").read_text() == "hello\n"  # copied before the raw file went
+    assert not out.exists() and not exit_file.exists()
+
+
+def test_status_file_identical_to_what_is_on_disk_is_not_rewritten(tmp_path: Path) -> None:
+    status = StatusDir(tmp_path, "h")
+    assert status.write_job(_job("a", "same"))
+    ino = status.job_path("a").stat().st_ino
+    assert not status.write_job(_job("a", "same"))
+    assert status.job_path("a").stat().st_ino == ino
+    assert status.write_job(_job("a", "other"))
+
+
+def test_ledger_commits_only_changed_records_and_remembers_first_seen(tmp_path: Path) -> None:
+    spec = parse_job(b"true", "a")
+    job = Job("a", state=State.SUCCEEDED, version=Version(Readiness.VALID, spec, seen=123.0))
+    ledger = Ledger(tmp_path / "l.sqlite")
+    ledger.save([job])
+    before = ledger._db.total_changes
+    ledger.save([job])
+    assert ledger._db.total_changes == before
+    ledger.close()
+    again = Ledger(tmp_path / "l.sqlite")
+    assert again.load()["a"].state is State.SUCCEEDED
+    assert again.seen == {"a": (spec.digest, 123.0)}
+    before = again._db.total_changes
+    again.save([job])  # the same record as loaded: nothing to commit after a restart
+    assert again._db.total_changes == before
+    again.close()
+
+
+def test_sync_temp_files_do_not_wake_the_loop_but_their_rename_does(tmp_path: Path) -> None:
+    woken: list[bool] = []
+    hints = Hints(lambda: woken.append(True))
+    handler = _Handler(hints)
+    tmp, job = str(tmp_path / ".syncthing.a.yaml.tmp"), str(tmp_path / "a.yaml")
+    handler.on_any_event(FileCreatedEvent(tmp))
+    assert not woken and hints.drain() == {}
+    handler.on_any_event(FileMovedEvent(tmp, job))
+    assert woken and hints.drain() == {job: Hint.COMPLETE}
+
+
+def test_file_written_before_start_runs_once_settled_not_at_next_rescan(host: Host) -> None:
+    (host.spool / "jobs" / "early.yaml").write_text("commands: echo early\n")
+    host.extra_args = ["--rescan", "60"]
+    host.start()
+    host.wait_state("early", "succeeded", timeout=15)  # settle is 1 s; the rescan 60 s
+
+
+def test_restart_rewrites_no_unchanged_status_file_and_keeps_seen(host: Host) -> None:
+    host.start()
+    host.drop("a.yaml", "commands: echo a\n")
+    before = host.wait_state("a", "succeeded")
+    path = host.status_dir / "a.yaml"
+    wait_for(lambda: (host.status_dir / "index.md").exists(), what="index.md")
+    ino = path.stat().st_ino
+    host.stop()
+    proc = host.start()
+
+    def restarted() -> bool:
+        try:
+            doc = yaml.safe_load((host.status_dir / "host.yaml").read_text())
+        except (OSError, yaml.YAMLError):
+            return False
+        return bool(doc.get("pid") == proc.pid and doc.get("jobs", {}).get("succeeded") == 1)
+    wait_for(restarted, what="host.yaml of the restarted daemon")
+    assert path.stat().st_ino == ino  # not replaced: identical content is left alone
+    assert host.status("a") == before  # "seen" survived the restart
+    assert host.log_of("a") == "a\n"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotifywait is Linux-only")
+def test_bench_quick_completes_and_prints_a_table() -> None:
+    import shutil
+
+    if shutil.which("inotifywait") is None:
+        pytest.skip("inotify-tools not installed")
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick"],
+                            capture_output=True, text=True, timeout=110, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| measure | inotifywait + sh | filerexec | ratio | target |" in result.stdout
+    assert "ran exactly once" in result.stdout and "| NO |" not in result.stdout
+
+
+def _serve_once(spool: Path, state: Path) -> Daemon:
+    daemon = Daemon(Settings(spool=spool, host="h", state_dir=state, settle=0.0))
+    daemon.open()
+    daemon.run(threading.Event(), once=True)
+    return daemon
+
+
+@pytest.mark.parametrize("clean", [True, False])
+def test_restart_reads_only_files_changed_since_a_clean_stop(
+        spool: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean: bool) -> None:
+    (spool / "jobs" / "a.yaml").write_text("commands: echo a\n")
+    (spool / "jobs" / "b.yaml").write_text("commands: echo b\n")
+    first = _serve_once(spool, tmp_path / "state")
+    assert {j.state for j in first.jobs.values()} == {State.SUCCEEDED}
+    if clean:
+        first.close()
+    else:  # killed: some status files may never have been written
+        first.writer.close()
+        assert first._ledger is not None and first._lock is not None
+        first._ledger.close()
+        first._lock.release()
+    (spool / "jobs" / "b.yaml").write_text("commands: echo b2\n")
+    read: list[str] = []
+    real = daemon_module.read_job_file
+    monkeypatch.setattr(daemon_module, "read_job_file",
+                        lambda info, cap: read.append(info.path.name) or real(info, cap))
+    second = _serve_once(spool, tmp_path / "state")
+    second.close()
+    assert sorted(read) == (["b.yaml"] if clean else ["a.yaml", "b.yaml"])
+    assert second.jobs["a"].runs == 1 and second.jobs["b"].runs == 2
+    assert yaml.safe_load((spool / "status" / "h" / "a.yaml").read_text())["state"] == "succeeded"
+
+
+def test_moved_in_file_starts_before_jobs_is_listed_unless_another_file_names_it(
+        spool: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (spool / "jobs" / "b.yaml").write_text("commands: echo b\n")
+    daemon = Daemon(Settings(spool=spool, host="h", state_dir=tmp_path / "state", settle=0.0,
+                             poll=True))
+    daemon.open()
+    daemon.run(threading.Event(), once=True)  # the first listing; b has run
+    order: list[str] = []
+    real_scan, real_spawn = daemon_module.scan, daemon_module.process.spawn
+    monkeypatch.setattr(daemon_module, "scan", lambda d: order.append("scan") or real_scan(d))
+    monkeypatch.setattr(daemon_module.process, "spawn",
+                        lambda launch: order.append("spawn") or real_spawn(launch))
+
+    def deliver(name: str) -> None:
+        order.clear()
+        tmp = spool / "jobs" / f".syncthing.{name}.tmp"
+        tmp.write_text("commands: echo new\n")
+        target = spool / "jobs" / name
+        tmp.replace(target)
+        daemon.hints.add(str(target), Hint.COMPLETE)
+        daemon.step(time.time())
+
+    deliver("a.yaml")
+    assert order == ["spawn", "scan"]
+    deliver("b.yml")  # competes with b.yaml for the name "b": only the listing may decide
+    assert order == ["scan"]
+    daemon.run(threading.Event(), once=True)
+    daemon.close()
+    assert daemon.jobs["a"].state is State.SUCCEEDED and daemon.jobs["b"].runs == 1
+
+
+def test_file_moved_in_from_outside_jobs_is_complete_at_once(tmp_path: Path) -> None:
+    jobs, outside = tmp_path / "jobs", tmp_path / "download-cache"
+    jobs.mkdir()
+    outside.mkdir()
+    hints = Hints(lambda: None)
+    watcher = Watcher(jobs, hints)
+    watcher.ensure()
+    try:
+        (outside / "a.yaml").write_text("commands: 'true'\n")
+        (outside / "a.yaml").rename(jobs / "a.yaml")
+        got: dict[str, Hint] = {}
+        wait_for(lambda: got.update(hints.drain()) or str(jobs / "a.yaml") in got,
+                 what="the move-in hint")
+        assert got[str(jobs / "a.yaml")] is Hint.COMPLETE  # not CHANGED: no 1 s settle wait
+        (jobs / "a.yaml").rename(outside / "gone.yaml")  # moved out: a hint for the old path
+        wait_for(lambda: got.update(hints.drain()) or got.get(str(jobs / "a.yaml"))
+                 is Hint.CHANGED or "" in got, what="the move-out hint")
+        assert "" not in got
+        # A drop right after a move-out is not held behind it (watchdog's default: 0.5 s).
+        from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+
+        assert InotifyMoveEventGrouper.delay <= 0.05
+    finally:
+        watcher.stop()
+
+
+def test_index_rows_are_reused_only_while_the_job_is_unchanged() -> None:
+    rows: dict[str, tuple[Job, float, str]] = {}
+    a, b = _job("a", "x"), _job("b", "x")
+    first = render_index([a, b], "h", 0.0, rows)
+    assert render_index([a, b], "h", 0.0, rows) == first == render_index([a, b], "h", 0.0)
+    failed = Job("a", state=State.FAILED, reason="exit code 1")
+    assert "| a | failed |" in render_index([failed, b], "h", 0.0, rows)
+    render_index([b], "h", 0.0, rows)
+    assert set(rows) == {"b"}
