@@ -54,6 +54,8 @@ class Settings:
     settle: float = 1.0  # a file written in place is read once it stayed still this long
     log_cap: int = 1024 * 1024
     max_job_bytes: int = 64 * 1024
+    storm_starts: int = 5  # more daemon starts than this within storm_minutes → safe mode
+    storm_minutes: float = 2.0
 
     @property
     def jobs_dir(self) -> Path:

@@ -10,21 +10,22 @@ carried out, so a crash at any point never runs a job twice.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
-import queue
 import secrets
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
 
-from filerexec import __version__, process
+from filerexec import __version__, process, safemode
 from filerexec.config import Settings
 from filerexec.ledger import Ledger
 from filerexec.machine import (
@@ -41,6 +42,7 @@ from filerexec.machine import (
     Spawned,
     SpawnFailed,
     Start,
+    Sweep,
     Tick,
     Timing,
     Vanished,
@@ -58,6 +60,9 @@ logger = logging.getLogger(__name__)
 ADOPTED_POLL = 1.0  # how often a job we did not spawn (adopted after a restart) is checked
 LOG_REFRESH = 5.0  # how often a running job's log is copied into the synced folder
 INDEX_DELAY = 1.0  # coalesce index.md rewrites
+# Test hook: with this set, the daemon dies right after committing "starting" and before
+# the spawn, the narrowest crash window there is (tests/test_crash.py).
+CRASH_BEFORE_SPAWN_VAR = "FILEREXEC_TEST_CRASH_BEFORE_SPAWN"
 
 
 class AlreadyRunning(Exception):
@@ -75,9 +80,11 @@ class _Unsettled:
 class Daemon:
     """One host serving one spool."""
 
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time,
+                 procs: process.Api = process) -> None:
         self.settings = settings
         self.clock = clock
+        self.procs = procs  # the process API: the real module, or a test's fake
         self.timing = Timing(settings.delete_grace, settings.kill_grace)
         self.wake = threading.Event()
         self.hints = Hints(self.wake.set)
@@ -88,11 +95,15 @@ class Daemon:
         self.conflicts: dict[str, list[str]] = {}
         self._known: dict[str, tuple[int, int, int]] = {}  # stat key of each file read
         self._unsettled: dict[str, _Unsettled] = {}
-        self._children: dict[str, process.Child] = {}  # run id → child we spawned
-        self._exits: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
+        self._children: dict[str, process.Started] = {}  # run id → child we spawned
         self._changed: set[str] = set()  # jobs whose status file is out of date
         self._unsaved: set[str] = set()  # jobs whose ledger record is out of date
         self._pending_actions: list[Action] = []
+        self._before_launch: dict[str, Job] = {}  # undone if "starting" cannot be committed
+        self._final_logs: dict[str, str] = {}  # job → finished run whose log is not published
+        self._sweeps: set[str] = set()  # run ids whose leftover processes are to be killed
+        self.ledger_problem: str | None = None  # why the ledger cannot be written, if so
+        self.safe_mode: str | None = None  # why no new job is started, if so
         self._lock: FileLock | None = None
         self._ledger: Ledger | None = None
         self._next_scan = 0.0
@@ -123,6 +134,8 @@ class Daemon:
         self._ledger = Ledger(state / "ledger.sqlite")
         self.jobs = self._ledger.load()
         self.started = self.clock()
+        self._record_start(self.started)
+        self._after_crash()
         self._adopt(self.started)
         if not self.settings.poll:
             self.watcher.ensure()
@@ -132,8 +145,7 @@ class Daemon:
     def close(self) -> None:
         """Stop watching and release the lock; running jobs keep running."""
         self.watcher.stop()
-        with contextlib.suppress(OSError):
-            self._write_host(self.clock(), stopping=True)
+        self._write_host(self.clock(), stopping=True)
         if self._ledger is not None:
             self._ledger.close()
         if self._lock is not None:
@@ -169,6 +181,7 @@ class Daemon:
 
     def step(self, now: float) -> float:
         """Do everything that is due at ``now``; return seconds until the next round."""
+        self._check_safe_mode(now)
         self._collect_exits(now)
         hints = self.hints.drain()
         if hints or now >= self._next_scan:
@@ -193,19 +206,54 @@ class Daemon:
         return actions
 
     def _commit_and_act(self, now: float) -> None:
-        """Commit every change, then carry out the actions it implies (never the reverse)."""
+        """Commit every change, then carry out the actions it implies (never the reverse).
+
+        When the commit fails (disk full, ledger unwritable) no job is started: its
+        launch is undone and retried later. Kills still go out (they never run anything
+        twice); the changes stay unsaved and are committed once the ledger is writable.
+        """
         while self._pending_actions:
-            self._commit()
+            committed = self._commit(now)
             actions, self._pending_actions = self._pending_actions, []
             for action in actions:
-                self._act(action, now)
-        self._commit()
+                if isinstance(action, Start) and not committed:
+                    self._undo_launch(action.name)
+                else:
+                    self._act(action, now)
+        self._commit(now)
+        self._before_launch.clear()
+        if self._sweeps:
+            sweeps, self._sweeps = self._sweeps, set()
+            self.procs.sweep(sweeps)
 
-    def _commit(self) -> None:
+    def _commit(self, now: float) -> bool:
         assert self._ledger is not None
-        if self._unsaved:
+        if not self._unsaved:
+            return True
+        try:
             self._ledger.save(self.jobs[n] for n in self._unsaved if n in self.jobs)
-            self._unsaved.clear()
+        except (sqlite3.Error, OSError) as e:
+            if self.ledger_problem != str(e):
+                logger.error("cannot write the ledger (%s): no job is started until it can be",
+                             e)
+                self._next_heartbeat = now  # host.yaml says so at once
+            self.ledger_problem = str(e)
+            return False
+        self._unsaved.clear()
+        if self.ledger_problem is not None:
+            logger.warning("the ledger can be written again")
+            self.ledger_problem = None
+            self._next_heartbeat = now
+        return True
+
+    def _undo_launch(self, name: str) -> None:
+        """"Starting" could not be committed: the job waits, as it did, and says why."""
+        before = self._before_launch.get(name)
+        if before is None:  # only launches start jobs; nothing else to undo
+            return
+        reason = f"not started yet: the ledger cannot be written ({self.ledger_problem})"
+        self.jobs[name] = replace(before, reason=reason)
+        self._changed.add(name)
 
     # --- reconcile: the listing is the truth --------------------------------
 
@@ -302,7 +350,8 @@ class Daemon:
         if free > 0:
             due = [j for j in self.jobs.values() if j.due]
             due.sort(key=lambda j: (j.version.seen if j.version and j.version.seen else 0, j.name))
-            for job in due[:free]:
+            for job in due[:free] if self.safe_mode is None else ():
+                self._before_launch[job.name] = job
                 self._apply(job.name, Launch(_run_id(now), now))
         self._commit_and_act(now)
 
@@ -311,6 +360,8 @@ class Daemon:
             self._start(action, now)
         elif isinstance(action, Signal):
             self._signal(action)
+        elif isinstance(action, Sweep):
+            self._sweeps.add(action.run_id)
 
     def _start(self, action: Start, now: float) -> None:
         spec, run_id = action.spec, action.run_id
@@ -321,8 +372,11 @@ class Daemon:
             stdout=spec.stdout, stderr=spec.stderr,
             output_path=self._output_path(run_id), exit_path=self._exit_path(run_id),
         )
+        if os.environ.get(CRASH_BEFORE_SPAWN_VAR):
+            logger.error("test hook %s: dying before the spawn", CRASH_BEFORE_SPAWN_VAR)
+            os._exit(70)
         try:
-            child = process.spawn(launch)
+            child = self.procs.spawn(launch)
         except process.SpawnError as e:
             logger.warning("job %s could not start: %s", action.name, e)
             self._apply(action.name, SpawnFailed(str(e), now))
@@ -333,9 +387,8 @@ class Daemon:
         threading.Thread(target=self._wait_child, args=(run_id, child), daemon=True,
                          name=f"wait-{run_id}").start()
 
-    def _wait_child(self, run_id: str, child: process.Child) -> None:
-        code = child.wait()
-        self._exits.put((run_id, code))
+    def _wait_child(self, run_id: str, child: process.Started) -> None:
+        child.wait()  # only to wake the loop at once; _collect_exits reads the code
         self.wake.set()
 
     def _signal(self, action: Signal) -> None:
@@ -346,19 +399,18 @@ class Daemon:
         logger.info("job %s: %s (run %s)", action.name,
                     "KILL after the grace period" if action.force else "TERM", run.run_id)
         if action.force:
-            process.kill(handle, run.run_id)
+            self.procs.kill(handle, run.run_id)
         else:
-            process.terminate(handle, run.run_id)
+            self.procs.terminate(handle, run.run_id)
 
     def _collect_exits(self, now: float) -> None:
         by_run = {j.run.run_id: j.name for j in self.jobs.values() if j.running and j.run}
-        while True:
-            try:
-                run_id, code = self._exits.get_nowait()
-            except queue.Empty:
-                break
-            self._children.pop(run_id, None)
-            recorded = process.read_exit(self._exit_path(run_id))
+        for run_id, child in list(self._children.items()):
+            code = child.poll()
+            if code is None:
+                continue
+            del self._children[run_id]
+            recorded = self.procs.read_exit(self._exit_path(run_id))
             name = by_run.get(run_id)
             if name is not None:
                 self._finish_run(name, recorded if recorded is not None else code, now)
@@ -373,22 +425,67 @@ class Daemon:
         job = self.jobs[name]
         assert job.run is not None
         self._apply(name, Exited(code, now) if code is not None else Vanished(now))
-        self.status.publish_log(name, self._output_path(job.run.run_id), self.settings.log_cap)
+        self._final_logs[name] = job.run.run_id  # published with its status (_publish)
         self._log_refreshed.pop(name, None)
 
     def _check_adopted(self, job: Job, now: float) -> None:
         """A run this daemon did not spawn: alive (same pid and start time), exited, or lost."""
         run = job.run
         assert run is not None
-        if run.pid is not None and run.create_time is not None and process.alive(
+        if run.pid is None:  # the daemon died between the spawn and recording the pid
+            found = self.procs.find(run.run_id)
+            if found is not None:
+                logger.info("job %s: found run %s (pid %d) started just before the daemon "
+                            "stopped", job.name, run.run_id, found.pid)
+                self._apply(job.name, Spawned(found.pid, found.create_time))
+                return
+        elif run.create_time is not None and self.procs.alive(
                 process.Handle(run.pid, run.create_time)):
             return
-        code = process.read_exit(self._exit_path(run.run_id))
+        code = self.procs.read_exit(self._exit_path(run.run_id))
         if code is None and run.pid is None:
             self._apply(job.name, Vanished(
                 now, "the daemon stopped while starting it; it is not run again"))
             return
         self._finish_run(job.name, code, now)
+
+    def _after_crash(self) -> None:
+        """Status files and logs may lag the ledger after a crash: publish them again."""
+        self._changed.update(self.jobs)
+        for job in self.jobs.values():
+            if job.run is not None and job.run.finished is not None and (
+                    self._output_path(job.run.run_id).exists()):
+                self._final_logs[job.name] = job.run.run_id
+
+    def _record_start(self, now: float) -> None:
+        """Remember this start in the ledger; too many recent ones mean safe mode."""
+        assert self._ledger is not None
+        window = self.settings.storm_minutes * 60
+        starts = safemode.recent_starts(self._ledger.get_meta(safemode.STARTS_KEY), now, window)
+        starts.append(now)
+        try:
+            self._ledger.set_meta(safemode.STARTS_KEY, json.dumps(starts))
+        except (sqlite3.Error, OSError) as e:
+            logger.error("cannot record this start in the ledger: %s", e)
+        why = safemode.storm(starts, self.settings.storm_starts, window)
+        if why is not None and safemode.current(self.settings.state_dir) is None:
+            safemode.enter(self.settings.state_dir, why)
+        self._check_safe_mode(now)
+
+    def _check_safe_mode(self, now: float) -> None:
+        """Safe mode lasts while its file exists; a person ends it by deleting the file."""
+        reason = safemode.current(self.settings.state_dir)
+        if reason == self.safe_mode:
+            return
+        if reason is not None:
+            logger.error("safe mode: %s", reason)
+        else:
+            logger.warning("safe mode ended (its file was deleted): starting jobs again")
+            assert self._ledger is not None
+            with contextlib.suppress(sqlite3.Error, OSError):  # a fresh count from now on
+                self._ledger.set_meta(safemode.STARTS_KEY, json.dumps([now]))
+        self.safe_mode = reason
+        self._next_heartbeat = now
 
     def _adopt(self, now: float) -> None:
         """After a restart: running jobs are adopted, finished ones get their exit code."""
@@ -418,10 +515,12 @@ class Daemon:
                 last = self._log_refreshed.get(job.name, job.run.started)
                 if now - last >= LOG_REFRESH:
                     self._log_refreshed[job.name] = now
-                    self.status.publish_log(job.name, self._output_path(job.run.run_id),
-                                            self.settings.log_cap)
+                    with contextlib.suppress(OSError):  # the next refresh or the end retries
+                        self.status.publish_log(job.name, self._output_path(job.run.run_id),
+                                                self.settings.log_cap)
 
     def _publish(self, now: float) -> None:
+        """Write what changed into status/; whatever cannot be written stays due (never raises)."""
         changed, self._changed = self._changed, set()
         for name in changed:
             job = self.jobs.get(name)
@@ -429,18 +528,32 @@ class Daemon:
                 continue
             try:
                 self.status.write_job(job, self.conflicts.get(name, ()))
+                self._publish_final_log(name)
             except OSError as e:  # full or read-only: keep it dirty, the next round retries
                 logger.warning("cannot write the status of %s: %s", name, e)
+                self._changed.add(name)
+                continue
+            if name in self._unsaved:  # its exit file is the only record until the commit
                 self._changed.add(name)
                 continue
             self._forget_run_files(job)
         if changed and self._index_due is None:
             self._index_due = now + INDEX_DELAY
         if self._index_due is not None and now >= self._index_due:
-            self.status.write_index(self.jobs.values(), now)
-            self._index_due = None
+            try:
+                self.status.write_index(self.jobs.values(), now)
+                self._index_due = None
+            except OSError as e:
+                logger.warning("cannot write index.md: %s", e)
+                self._index_due = now + INDEX_DELAY
         if changed or now >= self._next_heartbeat:
             self._write_host(now)
+
+    def _publish_final_log(self, name: str) -> None:
+        run_id = self._final_logs.get(name)
+        if run_id is not None:
+            self.status.publish_log(name, self._output_path(run_id), self.settings.log_cap)
+            del self._final_logs[name]
 
     def _forget_run_files(self, job: Job) -> None:
         """A finished run's raw output is in the synced log now; keep the state dir small."""
@@ -450,20 +563,38 @@ class Daemon:
                     path.unlink()
 
     def _write_host(self, now: float, stopping: bool = False) -> None:
-        self._next_heartbeat = now + self.settings.heartbeat_interval
+        """Write host.yaml; if it cannot be written, say so in the log and retry soon."""
+        problems = [p for p in (None if self.spool_available else "spool unavailable",
+                                self.ledger_problem and f"ledger unwritable: {self.ledger_problem}",
+                                self.safe_mode and f"safe mode: {self.safe_mode}") if p]
+        state = "serving"
+        if stopping:
+            state = "stopped"
+        elif not self.spool_available:
+            state = "spool unavailable"
+        elif self.ledger_problem is not None:
+            state = "ledger unwritable"
+        elif self.safe_mode is not None:
+            state = "safe mode"
         doc: dict[str, Any] = {
             "host": self.settings.host,
             "version": __version__,
             "pid": os.getpid(),
-            "state": "stopped" if stopping else (
-                "serving" if self.spool_available else "spool unavailable"),
+            "state": state,
             "started": timestamp(self.started),
             "updated": timestamp(now),
             "last_scan": timestamp(self.last_scan),
             "watcher": "polling" if self.settings.poll else self.watcher.kind,
             "jobs": counts(self.jobs.values()),
         }
-        self.status.write_host(doc)
+        if problems:
+            doc["reason"] = "; ".join(problems)
+        try:
+            self.status.write_host(doc)
+            self._next_heartbeat = now + self.settings.heartbeat_interval
+        except OSError as e:
+            logger.warning("cannot write host.yaml: %s", e)
+            self._next_heartbeat = now + INDEX_DELAY
 
     def _next_deadline(self, now: float) -> float:
         deadlines = [self._next_scan, self._next_heartbeat]
