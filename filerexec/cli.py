@@ -60,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="periodic full rescan interval (default 10)")
     s.add_argument("--once", action="store_true",
                    help="reconcile, run what is due, wait for it, exit")
+    s.add_argument("--max-parallel", type=int, default=None, metavar="N",
+                   help="run at most N jobs at once (default 16)")
+    s.add_argument("--storm-starts", type=int, default=None, metavar="N",
+                   help="safe mode after more than N daemon starts within --storm-minutes "
+                        "(default 5)")
+    s.add_argument("--storm-minutes", type=float, default=None, metavar="M",
+                   help="the restart-storm window in minutes (default 2)")
     s.add_argument("-v", "--verbose", action="store_true", help="log every decision")
     s.set_defaults(func=cmd_serve)
 
@@ -105,6 +112,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {"poll": args.poll}
     if args.rescan is not None:
         overrides["rescan_interval"] = args.rescan
+    for flag, key in (("max_parallel", "max_parallel"), ("storm_starts", "storm_starts"),
+                      ("storm_minutes", "storm_minutes")):
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
     settings = Settings(
         spool=spool, host=host,
         state_dir=spool_state_dir(state_base(args.state_dir), spool), **overrides)

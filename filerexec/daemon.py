@@ -60,6 +60,7 @@ logger = logging.getLogger(__name__)
 ADOPTED_POLL = 1.0  # how often a job we did not spawn (adopted after a restart) is checked
 LOG_REFRESH = 5.0  # how often a running job's log is copied into the synced folder
 INDEX_DELAY = 1.0  # coalesce index.md rewrites
+LEDGER_RETRY = 1.0  # after a failed commit, wait this long before trying again
 # Test hook: with this set, the daemon dies right after committing "starting" and before
 # the spawn, the narrowest crash window there is (tests/test_crash.py).
 CRASH_BEFORE_SPAWN_VAR = "FILEREXEC_TEST_CRASH_BEFORE_SPAWN"
@@ -103,6 +104,7 @@ class Daemon:
         self._final_logs: dict[str, str] = {}  # job → finished run whose log is not published
         self._sweeps: set[str] = set()  # run ids whose leftover processes are to be killed
         self.ledger_problem: str | None = None  # why the ledger cannot be written, if so
+        self._ledger_retry = 0.0
         self.safe_mode: str | None = None  # why no new job is started, if so
         self._lock: FileLock | None = None
         self._ledger: Ledger | None = None
@@ -230,6 +232,8 @@ class Daemon:
         assert self._ledger is not None
         if not self._unsaved:
             return True
+        if self.ledger_problem is not None and now < self._ledger_retry:
+            return False  # a failing commit may block for SQLite's busy timeout: not every call
         try:
             self._ledger.save(self.jobs[n] for n in self._unsaved if n in self.jobs)
         except (sqlite3.Error, OSError) as e:
@@ -238,6 +242,7 @@ class Daemon:
                              e)
                 self._next_heartbeat = now  # host.yaml says so at once
             self.ledger_problem = str(e)
+            self._ledger_retry = now + LEDGER_RETRY
             return False
         self._unsaved.clear()
         if self.ledger_problem is not None:
@@ -598,6 +603,8 @@ class Daemon:
 
     def _next_deadline(self, now: float) -> float:
         deadlines = [self._next_scan, self._next_heartbeat]
+        if self.ledger_problem is not None:
+            deadlines.append(self._ledger_retry)
         if self._index_due is not None:
             deadlines.append(self._index_due)
         deadlines.extend(u.since + self.settings.settle for u in self._unsettled.values())
