@@ -173,20 +173,29 @@ class DaemonModel(RuleBasedStateMachine):
         self.status_broken = False
         self._ledger_patch = LedgerFull.installed()
         next(self._ledger_patch)
-        self.daemon = self._open()
+        self._open()
 
     # --- the world ------------------------------------------------------------
 
     def _open(self) -> Daemon:
         daemon = Daemon(self.settings, clock=lambda: self.now, procs=self.procs)
+        write_job = daemon.status.write_job
+
+        def crashing_write_job(*args: Any, **kwargs: Any) -> None:
+            self.procs._maybe_crash("publish")  # after the commit, before the status file
+            write_job(*args, **kwargs)
+
+        daemon.status.write_job = crashing_write_job  # type: ignore[method-assign]
+        self.daemon = daemon
         daemon.open()
         return daemon
 
     def _drop_daemon(self) -> None:
         """What the kernel does when the daemon process dies: its lock and files close."""
-        assert self.daemon._lock is not None and self.daemon._ledger is not None
-        self.daemon._ledger.close()
-        self.daemon._lock.release()
+        if self.daemon._ledger is not None:
+            self.daemon._ledger.close()
+        if self.daemon._lock is not None:
+            self.daemon._lock.release()
 
     def _step(self, dt: float) -> None:
         self.now += dt
@@ -194,7 +203,15 @@ class DaemonModel(RuleBasedStateMachine):
             self.daemon.step(self.now)
         except Crash:
             self._drop_daemon()
-            self.daemon = self._open()
+            self._reopen()
+
+    def _reopen(self) -> None:
+        while True:  # a crash point may strike while the next daemon opens, too
+            try:
+                self._open()
+                return
+            except Crash:
+                self._drop_daemon()
 
     def _write(self, name: str, text: str) -> None:
         target = self.settings.jobs_dir / f"{name}.yaml"
@@ -248,19 +265,19 @@ class DaemonModel(RuleBasedStateMachine):
         proc = data.draw(st.sampled_from(self.procs.running()))
         proc.end(proc.code)
 
-    @rule(where=st.sampled_from(["before spawn", "after spawn", "signal"]))
+    @rule(where=st.sampled_from(["before spawn", "after spawn", "signal", "publish"]))
     def crash_at_next(self, where: str) -> None:
         self.procs.crash = where
 
     @rule()
     def crash_now(self) -> None:
         self._drop_daemon()
-        self.daemon = self._open()
+        self._reopen()
 
     @rule()
     def clean_restart(self) -> None:
         self.daemon.close()
-        self.daemon = self._open()
+        self._reopen()
 
     @rule()
     def status_unwritable(self) -> None:
@@ -326,6 +343,10 @@ class DaemonModel(RuleBasedStateMachine):
             elif run["outcome"] == "lost":
                 assert proc is None or proc.result is None, run  # never spawned, or KILLed
         finished = {(r["job"], r["digest"]): r for r in runs if r["outcome"]}
+        for path in self.status_dir.glob("*.yaml"):
+            doc = yaml.safe_load(path.read_text())
+            if path.name != "host.yaml" and doc["job"] not in self.present:
+                assert doc["state"] not in ("pending", "running") and doc["deleted"], doc
         for name, (_, digest) in self.present.items():
             nonce, code = self.truth[digest]
             run = finished.get((name, digest))
@@ -339,6 +360,6 @@ class DaemonModel(RuleBasedStateMachine):
 
 
 DaemonModel.TestCase.settings = settings(
-    max_examples=int(os.environ.get("MODEL_EXAMPLES", "40")), stateful_step_count=30,
+    max_examples=int(os.environ.get("MODEL_EXAMPLES", "200")), stateful_step_count=50,
     deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TestDaemonModel = DaemonModel.TestCase
