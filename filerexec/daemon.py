@@ -176,7 +176,9 @@ class Daemon:
         """Nothing running, nothing due, nothing waiting to settle or to be confirmed deleted."""
         if self._unsettled or self._children:
             return False
-        return all(phase(j) is Phase.IDLE and j.missing_since is None for j in self.jobs.values()
+        # In safe mode a waiting job waits for a person, not for this daemon.
+        resting = (Phase.IDLE, Phase.WAITING) if self.safe_mode else (Phase.IDLE,)
+        return all(phase(j) in resting and j.missing_since is None for j in self.jobs.values()
                    if not (j.version and j.version.readiness is Readiness.NOT_READY))
 
     # --- one round ----------------------------------------------------------
@@ -186,7 +188,10 @@ class Daemon:
         self._check_safe_mode(now)
         self._collect_exits(now)
         hints = self.hints.drain()
-        if hints or now >= self._next_scan:
+        # A file written in place is due once it has stood still: read it then (not at the
+        # next rescan, and without spinning on its passed deadline until then).
+        settled = any(now >= u.since + self.settings.settle for u in self._unsettled.values())
+        if hints or settled or now >= self._next_scan:
             self._reconcile(now, hints)
             self._next_scan = now + self.settings.scan_interval
         for name, job in list(self.jobs.items()):

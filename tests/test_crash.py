@@ -7,6 +7,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,9 +16,11 @@ import pytest
 import yaml
 
 from filerexec import process
-from filerexec.daemon import CRASH_BEFORE_SPAWN_VAR
+from filerexec.config import Settings
+from filerexec.daemon import CRASH_BEFORE_SPAWN_VAR, Daemon
 from tests.conftest import Host, pid_alive
 from tests.test_daemon import started_runs
+from tests.test_model import FakeProcs
 from tests.util import wait_for
 
 
@@ -187,6 +190,10 @@ def test_restart_storm_enters_safe_mode_until_its_file_is_deleted(
     host.drop("s.yaml", f"commands: touch {tmp_path / 'ran'}\n")
     wait_for(lambda: host.status("s"), what="the job's status")
     host.stop()
+    once = subprocess.run(  # --once does not wait forever for what safe mode holds back
+        [sys.executable, "-m", "filerexec", "serve", str(host.spool), "--host", host.name,
+         "--state-dir", str(host.state), "--once"], capture_output=True, text=True, timeout=60)
+    assert once.returncode == 0 and "safe mode" in once.stderr
     assert serving(host)["state"] == "safe mode"  # still, after a plain restart
     assert (host.status("s") or {})["state"] == "pending" and started_runs(host, "s") == 0
     flag.unlink()  # what a person does (README)
@@ -270,3 +277,22 @@ def test_unwritable_ledger_starts_nothing_says_why_then_runs_once(
     host.drop("m.yaml", "commands: 'true'\n")
     host.wait_state("m", "succeeded")
     assert counter.read_text() == "ran\n" and started_runs(host, "l") == 1
+
+
+def test_a_file_written_in_place_is_read_once_settled_not_at_the_next_rescan(
+        spool: Path, tmp_path: Path) -> None:
+    now = time.time()
+    settings = Settings(spool=spool, host="h", state_dir=tmp_path / "state", poll=True,
+                        rescan_interval=60.0, poll_interval=60.0)
+    daemon = Daemon(settings, clock=lambda: now, procs=FakeProcs())
+    daemon.open()
+    try:
+        job = spool / "jobs" / "fresh.yaml"
+        job.write_text("commands: 'exit 0 # n1'\n")  # no watcher: no hint; just written
+        os.utime(job, (now, now))
+        delay = daemon.step(now)
+        assert "fresh" not in daemon.jobs and delay <= settings.settle
+        daemon.step(now + settings.settle)  # still, but long before the next rescan
+        assert "fresh" in daemon.jobs
+    finally:
+        daemon.close()

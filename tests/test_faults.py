@@ -62,6 +62,11 @@ class World:
         target = self.spool / "jobs" / f"{name}.yaml"
         tmp = target.with_name(f".syncthing.{name}.yaml.tmp")
         tmp.write_text(text)
+        # A distinct mtime per delivery, as sync clients set the source's: this fast, a
+        # same-size edit could otherwise reuse the inode and the timestamp tick, unseen.
+        self.serial += 1
+        mtime_ns = time.time_ns() - 2_000_000_000 + self.serial * 1000
+        os.utime(tmp, ns=(mtime_ns, mtime_ns))
         os.replace(tmp, target)
 
     def operate(self) -> None:
