@@ -137,7 +137,7 @@ class Daemon:
         self.jobs = self._ledger.load()
         self.started = self.clock()
         self._record_start(self.started)
-        self._after_crash()
+        self._republish_all()
         self._adopt(self.started)
         if not self.settings.poll:
             self.watcher.ensure()
@@ -459,7 +459,7 @@ class Daemon:
             return
         self._finish_run(job.name, code, now)
 
-    def _after_crash(self) -> None:
+    def _republish_all(self) -> None:
         """Status files and logs may lag the ledger after a crash: publish them again."""
         self._changed.update(self.jobs)
         for job in self.jobs.values():
@@ -479,7 +479,10 @@ class Daemon:
             logger.error("cannot record this start in the ledger: %s", e)
         why = safemode.storm(starts, self.settings.storm_starts, window)
         if why is not None and safemode.current(self.settings.state_dir) is None:
-            safemode.enter(self.settings.state_dir, why)
+            try:
+                safemode.enter(self.settings.state_dir, why)
+            except OSError as e:
+                logger.error("%s, but safe mode cannot be entered: %s", why, e)
         self._check_safe_mode(now)
 
     def _check_safe_mode(self, now: float) -> None:
