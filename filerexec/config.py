@@ -74,6 +74,8 @@ class Settings:
     allow: tuple[str, ...] = ()  # command patterns this host runs (policy.py); empty: any
     key_dir: Path | None = None  # trusted keys; None: keys/ beside the config file
     totp_window: float = 300.0  # how old a phone's code may be when its job is read
+    storm_starts: int = 5  # more daemon starts than this within storm_window → safe mode
+    storm_window: float = 120.0
 
     @property
     def jobs_dir(self) -> Path:
@@ -217,6 +219,9 @@ KEYS: tuple[Key, ...] = (
         "(README, Security); none: any", "--allow"),
     Key("key_dir", _path, None, "trusted keys (default: keys/ beside the config file)"),
     Key("totp_window", _duration, 300.0, "how old a phone's code may be when its job is read"),
+    Key("storm_starts", _positive_int, 5, "more daemon starts than this within storm_window "
+        "mean safe mode (README, What happens when things fail)", "--storm-starts"),
+    Key("storm_window", _interval, 120.0, "see storm_starts", "--storm-window"),
 )
 KEY_NAMES = tuple(k.name for k in KEYS)
 _BY_NAME = {k.name: k for k in KEYS}

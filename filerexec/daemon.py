@@ -9,22 +9,25 @@ carried out, so a crash at any point never runs a job twice.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
+import json
 import logging
 import os
 import queue
 import secrets
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
 
-from filerexec import __version__, keystore, process, signing
+from filerexec import __version__, keystore, process, safemode, signing
 from filerexec.config import Settings
 from filerexec.ledger import FileKey, Ledger
 from filerexec.machine import (
@@ -41,6 +44,7 @@ from filerexec.machine import (
     Spawned,
     SpawnFailed,
     Start,
+    Sweep,
     Tick,
     Timing,
     Vanished,
@@ -69,6 +73,10 @@ LOG_REFRESH = 5.0  # how often a running job's log is copied into the synced fol
 INDEX_DELAY = 1.0  # coalesce index.md rewrites
 MAX_REFUSED = 20  # refused file names listed in host.yaml
 CLEAN_STOP, READER = "clean_stop", "reader"  # ledger meta keys (see Daemon._restorable)
+LEDGER_RETRY = 1.0  # after a failed commit, wait this long before trying again
+# Test hook: with this set, the daemon dies right after committing "starting" and before
+# the spawn, the narrowest crash window there is (tests/test_crash.py).
+CRASH_BEFORE_SPAWN_VAR = "FILEREXEC_TEST_CRASH_BEFORE_SPAWN"
 
 
 class AlreadyRunning(Exception):
@@ -86,9 +94,11 @@ class _Unsettled:
 class Daemon:
     """One host serving one spool."""
 
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time,
+                 procs: process.Api = process) -> None:
         self.settings = settings
         self.clock = clock
+        self.procs = procs  # the process API: the real module, or a test's fake
         self.timing = Timing(settings.delete_grace, settings.kill_grace)
         self.wake = threading.Event()
         self.hints = Hints(self.wake.set)
@@ -109,12 +119,16 @@ class Daemon:
         self._listing: Listing | None = None  # the last full listing of jobs/
         self._known: dict[str, tuple[int, int, int]] = {}  # stat key of each file read
         self._unsettled: dict[str, _Unsettled] = {}
-        self._children: dict[str, process.Child] = {}  # run id → child we spawned
+        self._children: dict[str, process.Started] = {}  # run id → child we spawned
         self._waiters = _Waiters(self._wait_child)
-        self._exits: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
         self._changed: set[str] = set()  # jobs whose status file is out of date
         self._unsaved: set[str] = set()  # jobs whose ledger record is out of date
         self._pending_actions: list[Action] = []
+        self._before_launch: dict[str, Job] = {}  # undone if "starting" cannot be committed
+        self._sweeps: set[str] = set()  # run ids whose leftover processes are to be killed
+        self.ledger_problem: str | None = None  # why the ledger cannot be written, if so
+        self._ledger_retry = 0.0
+        self.safe_mode: str | None = None  # why no new job is started, if so
         self._lock: FileLock | None = None
         self._ledger: Ledger | None = None
         self._next_scan = 0.0
@@ -128,6 +142,7 @@ class Daemon:
         self.key_dir = settings.key_dir or keystore.default_key_dir()
         self.warnings: list[str] = []  # shown in host.yaml: what the owner should fix
         self.refused: dict[str, str] = {}  # files under jobs/ whose names cannot be jobs
+        self._clean_start = False  # the previous daemon stopped cleanly (see _restorable)
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -152,6 +167,9 @@ class Daemon:
         for name, job in self.jobs.items():
             self._track(name, job)
         self.started = self.clock()
+        self._record_start(self.started)
+        if not self._clean_start:  # a crash may have left status files behind the ledger
+            self._republish_all()
         self._adopt(self.started)
         if not self.settings.poll:
             self.watcher.ensure()
@@ -177,8 +195,11 @@ class Daemon:
         self._write_host(self.clock(), stopping=True)
         written = self.writer.close(timeout=10)
         if self._ledger is not None:
-            if written:  # every status file says what the ledger says
-                self._ledger.set_meta(CLEAN_STOP, "1")
+            # Clean only if every status file says what the ledger says, and the ledger
+            # holds everything this daemon knew; else the next start re-reads everything.
+            if written and self._commit(self.clock()) and not self._unsaved:
+                with contextlib.suppress(sqlite3.Error, OSError):
+                    self._ledger.set_meta(CLEAN_STOP, "1")
             self._ledger.close()
         if self._lock is not None:
             self._lock.release()
@@ -193,7 +214,8 @@ class Daemon:
         """
         st = self.settings  # anything that changes what a file reads as
         reader = repr((__version__, st.host, st.max_job_bytes, st.require_signature, st.allow))
-        ok = ledger.get_meta(CLEAN_STOP) == "1" and ledger.get_meta(READER) == reader
+        self._clean_start = ledger.get_meta(CLEAN_STOP) == "1"
+        ok = self._clean_start and ledger.get_meta(READER) == reader
         ledger.set_meta(CLEAN_STOP, "0")
         ledger.set_meta(READER, reader)
         return dict(ledger.files) if ok else {}
@@ -221,7 +243,9 @@ class Daemon:
         """Nothing running, nothing due, nothing waiting to settle or to be confirmed deleted."""
         if self._unsettled or self._children:
             return False
-        return all(phase(j) is Phase.IDLE and j.missing_since is None for j in self._active_jobs()
+        # In safe mode a waiting job waits for a person, not for this daemon.
+        resting = (Phase.IDLE, Phase.WAITING) if self.safe_mode else (Phase.IDLE,)
+        return all(phase(j) in resting and j.missing_since is None for j in self._active_jobs()
                    if not (j.version and j.version.readiness is Readiness.NOT_READY))
 
     def _active_jobs(self) -> list[Job]:
@@ -241,12 +265,13 @@ class Daemon:
 
     def step(self, now: float) -> float:
         """Do everything that is due at ``now``; return seconds until the next round."""
+        self._check_safe_mode(now)
         self._collect_exits(now)
         hints = self.hints.drain()
         if hints and self._fast_reconcile(now, hints):
             self._launch_due(now)  # the files that arrived start before jobs/ is listed
-        # A file written in place is due once it has stayed still for `settle`, not at the
-        # next periodic rescan (which may be many seconds later).
+        # A file written in place is due once it has stood still: read it then (not at the
+        # next rescan, and without spinning on its passed deadline until then).
         settled = any(now >= u.since + self.settings.settle for u in self._unsettled.values())
         if hints or settled or now >= self._next_scan:
             self._reconcile(now, hints)
@@ -274,20 +299,58 @@ class Daemon:
         return actions
 
     def _commit_and_act(self, now: float) -> None:
-        """Commit every change, then carry out the actions it implies (never the reverse)."""
+        """Commit every change, then carry out the actions it implies (never the reverse).
+
+        When the commit fails (disk full, ledger unwritable) no job is started: its
+        launch is undone and retried later. Kills still go out (they never run anything
+        twice); the changes stay unsaved and are committed once the ledger is writable.
+        """
         while self._pending_actions:
-            self._commit()
+            committed = self._commit(now)
             actions, self._pending_actions = self._pending_actions, []
             for action in actions:
-                self._act(action, now)
-        self._commit()
+                if isinstance(action, Start) and not committed:
+                    self._undo_launch(action.name)
+                else:
+                    self._act(action, now)
+        self._commit(now)
+        self._before_launch.clear()
+        if self._sweeps:
+            sweeps, self._sweeps = self._sweeps, set()
+            self.procs.sweep(sweeps)
 
-    def _commit(self) -> None:
+    def _commit(self, now: float) -> bool:
         assert self._ledger is not None
-        if self._unsaved:
+        if not self._unsaved:
+            return True
+        if self.ledger_problem is not None and now < self._ledger_retry:
+            return False  # a failing commit may block for SQLite's busy timeout: not every call
+        try:
             self._ledger.save((self.jobs[n] for n in self._unsaved if n in self.jobs),
                               files=self._known)
-            self._unsaved.clear()
+        except (sqlite3.Error, OSError) as e:
+            if self.ledger_problem != str(e):
+                logger.error("cannot write the ledger (%s): no job is started until it can be",
+                             e)
+                self._next_heartbeat = now  # host.yaml says so at once
+            self.ledger_problem = str(e)
+            self._ledger_retry = now + LEDGER_RETRY
+            return False
+        self._unsaved.clear()
+        if self.ledger_problem is not None:
+            logger.warning("the ledger can be written again")
+            self.ledger_problem = None
+            self._next_heartbeat = now
+        return True
+
+    def _undo_launch(self, name: str) -> None:
+        """"Starting" could not be committed: the job waits, as it did, and says why."""
+        before = self._before_launch.get(name)
+        if before is None:  # only launches start jobs; nothing else to undo
+            return
+        reason = f"not started yet: the ledger cannot be written ({self.ledger_problem})"
+        self.jobs[name] = replace(before, reason=reason)
+        self._changed.add(name)
 
     # --- reconcile: the listing is the truth --------------------------------
 
@@ -458,7 +521,8 @@ class Daemon:
         if free > 0:
             due = heapq.nsmallest(free, (j for j in active if j.due), key=lambda j: (
                 j.version.seen if j.version and j.version.seen else 0, j.name))
-            for job in due:
+            for job in due if self.safe_mode is None else ():
+                self._before_launch[job.name] = job
                 self._apply(job.name, Launch(_run_id(now), now))
         self._commit_and_act(now)
 
@@ -467,6 +531,8 @@ class Daemon:
             self._start(action, now)
         elif isinstance(action, Signal):
             self._signal(action)
+        elif isinstance(action, Sweep):
+            self._sweeps.add(action.run_id)
 
     def _start(self, action: Start, now: float) -> None:
         spec, run_id = action.spec, action.run_id
@@ -477,8 +543,11 @@ class Daemon:
             stdout=spec.stdout, stderr=spec.stderr,
             output_path=self._output_path(run_id), exit_path=self._exit_path(run_id),
         )
+        if os.environ.get(CRASH_BEFORE_SPAWN_VAR):
+            logger.error("test hook %s: dying before the spawn", CRASH_BEFORE_SPAWN_VAR)
+            os._exit(70)
         try:
-            child = process.spawn(launch)
+            child = self.procs.spawn(launch)
         except process.SpawnError as e:
             logger.warning("job %s could not start: %s", action.name, e)
             self._apply(action.name, SpawnFailed(str(e), now))
@@ -488,9 +557,8 @@ class Daemon:
         self._apply(action.name, Spawned(child.handle.pid, child.handle.create_time))
         self._waiters.submit(run_id, child)
 
-    def _wait_child(self, run_id: str, child: process.Child) -> None:
-        code = child.wait()
-        self._exits.put((run_id, code))
+    def _wait_child(self, run_id: str, child: process.Started) -> None:
+        child.wait()  # only to wake the loop at once; _collect_exits reads the code
         self.wake.set()
 
     def _signal(self, action: Signal) -> None:
@@ -501,19 +569,18 @@ class Daemon:
         logger.info("job %s: %s (run %s)", action.name,
                     "KILL after the grace period" if action.force else "TERM", run.run_id)
         if action.force:
-            process.kill(handle, run.run_id)
+            self.procs.kill(handle, run.run_id)
         else:
-            process.terminate(handle, run.run_id)
+            self.procs.terminate(handle, run.run_id)
 
     def _collect_exits(self, now: float) -> None:
         by_run = {j.run.run_id: j.name for j in self._active_jobs() if j.running and j.run}
-        while True:
-            try:
-                run_id, code = self._exits.get_nowait()
-            except queue.Empty:
-                break
-            self._children.pop(run_id, None)
-            recorded = process.read_exit(self._exit_path(run_id))
+        for run_id, child in list(self._children.items()):
+            code = child.poll()  # the waiter thread only wakes the loop: polling is the truth
+            if code is None:
+                continue
+            del self._children[run_id]
+            recorded = self.procs.read_exit(self._exit_path(run_id))
             name = by_run.get(run_id)
             if name is not None:
                 self._finish_run(name, recorded if recorded is not None else code, now)
@@ -530,8 +597,8 @@ class Daemon:
         self._apply(name, Exited(code, now) if code is not None else Vanished(now))
         run_id = job.run.run_id
         self.writer.log(name, self._output_path(run_id))
-        # Deleted once the log and the final status are written (the job may run again
-        # before that: its new run's files are not these).
+        # Deleted once the log and the final status are written and the ledger holds the
+        # result (the job may run again before that: its new run's files are not these).
         self._finished.setdefault(name, []).extend(
             [self._output_path(run_id), self._exit_path(run_id)])
         self._log_refreshed.pop(name, None)
@@ -540,15 +607,66 @@ class Daemon:
         """A run this daemon did not spawn: alive (same pid and start time), exited, or lost."""
         run = job.run
         assert run is not None
-        if run.pid is not None and run.create_time is not None and process.alive(
+        if run.pid is None:  # the daemon died between the spawn and recording the pid
+            found = self.procs.find(run.run_id)
+            if found is not None:
+                logger.info("job %s: found run %s (pid %d) started just before the daemon "
+                            "stopped", job.name, run.run_id, found.pid)
+                self._apply(job.name, Spawned(found.pid, found.create_time))
+                return
+        elif run.create_time is not None and self.procs.alive(
                 process.Handle(run.pid, run.create_time)):
             return
-        code = process.read_exit(self._exit_path(run.run_id))
+        code = self.procs.read_exit(self._exit_path(run.run_id))
         if code is None and run.pid is None:
             self._apply(job.name, Vanished(
                 now, "the daemon stopped while starting it; it is not run again"))
             return
         self._finish_run(job.name, code, now)
+
+    def _republish_all(self) -> None:
+        """Status files and logs may lag the ledger after a crash: publish them again."""
+        self._changed.update(self.jobs)
+        for job in self.jobs.values():
+            if job.run is not None and job.run.finished is not None and (
+                    self._output_path(job.run.run_id).exists()):
+                run_id = job.run.run_id
+                self.writer.log(job.name, self._output_path(run_id))
+                self._finished.setdefault(job.name, []).extend(
+                    [self._output_path(run_id), self._exit_path(run_id)])
+
+    def _record_start(self, now: float) -> None:
+        """Remember this start in the ledger; too many recent ones mean safe mode."""
+        assert self._ledger is not None
+        window = self.settings.storm_window
+        starts = safemode.recent_starts(self._ledger.get_meta(safemode.STARTS_KEY), now, window)
+        starts.append(now)
+        try:
+            self._ledger.set_meta(safemode.STARTS_KEY, json.dumps(starts))
+        except (sqlite3.Error, OSError) as e:
+            logger.error("cannot record this start in the ledger: %s", e)
+        why = safemode.storm(starts, self.settings.storm_starts, window)
+        if why is not None and safemode.current(self.settings.state_dir) is None:
+            try:
+                safemode.enter(self.settings.state_dir, why)
+            except OSError as e:
+                logger.error("%s, but safe mode cannot be entered: %s", why, e)
+        self._check_safe_mode(now)
+
+    def _check_safe_mode(self, now: float) -> None:
+        """Safe mode lasts while its file exists; a person ends it by deleting the file."""
+        reason = safemode.current(self.settings.state_dir)
+        if reason == self.safe_mode:
+            return
+        if reason is not None:
+            logger.error("safe mode: %s", reason)
+        else:
+            logger.warning("safe mode ended (its file was deleted): starting jobs again")
+            assert self._ledger is not None
+            with contextlib.suppress(sqlite3.Error, OSError):  # a fresh count from now on
+                self._ledger.set_meta(safemode.STARTS_KEY, json.dumps([now]))
+        self.safe_mode = reason
+        self._next_heartbeat = now
 
     def _adopt(self, now: float) -> None:
         """After a restart: running jobs are adopted, finished ones get their exit code."""
@@ -585,9 +703,16 @@ class Daemon:
         changed, self._changed = self._changed, set()
         for name in changed:
             job = self.jobs.get(name)
-            if job is not None:
+            if job is None:
+                continue
+            if name in self._unsaved:
+                # Not committed (the ledger is unwritable): the run's exit file is its only
+                # record, so it stays, and this status is published again after the commit.
+                self._changed.add(name)
+                forget = []
+            else:
                 forget = self._finished.pop(name, [])
-                self.writer.job(job, self.conflicts.get(name, ()), forget=forget)
+            self.writer.job(job, self.conflicts.get(name, ()), forget=forget)
         if changed and self._index_due is None:
             self._index_due = now + INDEX_DELAY
         if self._index_due is not None and now >= self._index_due:
@@ -617,19 +742,33 @@ class Daemon:
         self._index_due = self._next_heartbeat = now
 
     def _write_host(self, now: float, stopping: bool = False) -> None:
+        """Queue host.yaml: the heartbeat, and what keeps this host from working normally."""
         self._next_heartbeat = now + self.settings.heartbeat_interval
         jobs = list(self.jobs.values())  # counted on the writer thread
+        problems = [p for p in (None if self.spool_available else "spool unavailable",
+                                self.ledger_problem and f"ledger unwritable: {self.ledger_problem}",
+                                self.safe_mode and f"safe mode: {self.safe_mode}") if p]
+        state = "serving"
+        if stopping:
+            state = "stopped"
+        elif not self.spool_available:
+            state = "spool unavailable"
+        elif self.ledger_problem is not None:
+            state = "ledger unwritable"
+        elif self.safe_mode is not None:
+            state = "safe mode"
         doc: dict[str, Any] = {
             "host": self.settings.host,
             "version": __version__,
             "pid": os.getpid(),
-            "state": "stopped" if stopping else (
-                "serving" if self.spool_available else "spool unavailable"),
+            "state": state,
             "started": timestamp(self.started),
             "updated": timestamp(now),
             "last_scan": timestamp(self.last_scan),
             "watcher": "polling" if self.settings.poll else self.watcher.kind,
         }
+        if problems:
+            doc["reason"] = "; ".join(problems)
         if self.warnings:
             doc["warnings"] = list(self.warnings)
         if self.refused:  # names that get no status file of their own, and why
@@ -650,6 +789,8 @@ class Daemon:
 
     def _next_deadline(self, now: float) -> float:
         deadlines = [self._next_scan, self._next_heartbeat]
+        if self.ledger_problem is not None:
+            deadlines.append(self._ledger_retry)
         if self._index_due is not None:
             deadlines.append(self._index_due)
         deadlines.extend(u.since + self.settings.settle for u in self._unsettled.values())
@@ -670,13 +811,13 @@ class _Waiters:
     running at once.
     """
 
-    def __init__(self, wait: Callable[[str, process.Child], None]) -> None:
+    def __init__(self, wait: Callable[[str, process.Started], None]) -> None:
         self._wait = wait
         self._lock = threading.Lock()
         self._idle = 0
-        self._queue: queue.SimpleQueue[tuple[str, process.Child]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[str, process.Started]] = queue.SimpleQueue()
 
-    def submit(self, run_id: str, child: process.Child) -> None:
+    def submit(self, run_id: str, child: process.Started) -> None:
         with self._lock:
             reuse = self._idle > 0
             if reuse:
@@ -687,7 +828,7 @@ class _Waiters:
             threading.Thread(target=self._work, args=(run_id, child), daemon=True,
                              name="wait-child").start()
 
-    def _work(self, run_id: str, child: process.Child) -> None:
+    def _work(self, run_id: str, child: process.Started) -> None:
         while True:
             self._wait(run_id, child)
             with self._lock:

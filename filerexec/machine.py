@@ -205,7 +205,15 @@ class Signal:
     force: bool
 
 
-Action: TypeAlias = Start | Signal
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """Kill whatever still carries a finished run's mark (escapees) once its file is gone."""
+
+    name: str
+    run_id: str
+
+
+Action: TypeAlias = Start | Signal | Sweep
 Result: TypeAlias = tuple[Job, list[Action]]
 
 
@@ -336,14 +344,14 @@ def _missing(job: Job, event: Event, timing: Timing) -> Result:
 def _tick_idle(job: Job, event: Event, timing: Timing) -> Result:
     assert isinstance(event, Tick)
     if _deletion_confirmed(job, event.now, timing):
-        return _gone(job, event.now, None), []
+        return _gone(job, event.now, None), _sweep(job)
     return job, []
 
 
 def _tick_waiting(job: Job, event: Event, timing: Timing) -> Result:
     assert isinstance(event, Tick)
     if _deletion_confirmed(job, event.now, timing):
-        return _gone(job, event.now, "job file deleted before it could start"), []
+        return _gone(job, event.now, "job file deleted before it could start"), _sweep(job)
     if job.version and job.due and _expired(job.version, event.now):
         return _expire(job, job.version), []
     return job, []
@@ -388,6 +396,10 @@ def _gone(job: Job, now: float, reason: str | None) -> Job:
         started_digest=None,
         last_operation=None,
     )
+
+
+def _sweep(job: Job) -> list[Action]:
+    return [Sweep(job.name, job.run.run_id)] if job.run is not None else []
 
 
 def _begin_kill(job: Job, now: float, reason: str) -> Result:
@@ -450,7 +462,7 @@ def _finish(job: Job, now: float, code: int | None, outcome: State, reason: str)
     run = replace(job.run, finished=now, exit_code=code, outcome=outcome, reason=reason)
     job = replace(job, run=run, state=outcome, reason=reason, kill=None)
     if job.deleted is not None:
-        return replace(job, started_digest=None, last_operation=None, queued=None), []
+        return replace(job, started_digest=None, last_operation=None, queued=None), _sweep(job)
     if job.queued is not None:
         queued = job.queued
         job = replace(job, version=queued, queued=None)

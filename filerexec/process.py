@@ -30,10 +30,10 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
@@ -226,6 +226,39 @@ def kill(handle: Handle, run_id: str) -> None:
         _signal_tree(handle, run_id, signal.SIGKILL)
 
 
+def find(run_id: str) -> Handle | None:
+    """The waiting parent of ``run_id``, found by its mark (Linux): for a run whose pid
+    was never recorded because the daemon died right after spawning it.
+
+    The waiting parent is the oldest session leader carrying the run id (a ``setsid``
+    escapee is a session leader too, but started later).
+    """
+    leaders = []
+    for pid in _carriers(run_id):
+        try:
+            if os.getsid(pid) != pid:
+                continue
+            proc = psutil.Process(pid)
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                leaders.append(Handle(pid, proc.create_time()))
+        except (OSError, psutil.Error):
+            continue
+    return min(leaders, key=lambda h: h.create_time, default=None)
+
+
+def sweep(run_ids: Collection[str]) -> None:
+    """Kill every process still carrying one of ``run_ids`` (escapees of runs that are over).
+
+    One pass over /proc for all of them: a deletion of many jobs costs one scan.
+    """
+    for pid in _carriers(*run_ids):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            logger.info("killed leftover pid %d of a deleted job", pid)
+        except OSError:
+            continue
+
+
 def _signal_tree(handle: Handle, run_id: str, sig: signal.Signals) -> None:
     group = alive(handle)  # never signal a group whose leader's pid was reused
     if group:
@@ -244,11 +277,11 @@ def _signal_tree(handle: Handle, run_id: str, sig: signal.Signals) -> None:
             continue
 
 
-def _carriers(run_id: str) -> list[int]:
-    """Pids other than ours whose environment carries ``run_id`` (Linux; best-effort)."""
-    if not sys.platform.startswith("linux"):
+def _carriers(*run_ids: str) -> list[int]:
+    """Pids other than ours whose environment carries one of ``run_ids`` (Linux; best-effort)."""
+    if not sys.platform.startswith("linux") or not run_ids:
         return []
-    needle = f"{RUN_ID_VAR}={run_id}".encode()
+    needles = {f"{RUN_ID_VAR}={run_id}".encode() for run_id in run_ids}
     me = os.getpid()  # a daemon started by a job inherits the job's run id
     found = []
     try:
@@ -260,7 +293,7 @@ def _carriers(run_id: str) -> list[int]:
             continue
         try:
             with open(f"/proc/{name}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
+                if not needles.isdisjoint(f.read().split(b"\0")):
                     found.append(int(name))
         except OSError:  # another user's process, or gone meanwhile
             continue
@@ -309,3 +342,32 @@ def run_tool(argv: list[str]) -> int:
     except OSError as e:
         logger.error("cannot run %s: %s", argv[0], e.strerror or e)
         return 127
+
+
+class Started(Protocol):
+    """What the daemon needs of a spawned run (``Child``, or a test's fake)."""
+
+    @property
+    def handle(self) -> Handle: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+
+class Api(Protocol):
+    """This module's functions as the daemon uses them, so tests can inject fake processes."""
+
+    def spawn(self, launch: Launch) -> Started: ...
+
+    def alive(self, handle: Handle) -> bool: ...
+
+    def read_exit(self, exit_path: Path) -> int | None: ...
+
+    def terminate(self, handle: Handle, run_id: str) -> None: ...
+
+    def kill(self, handle: Handle, run_id: str) -> None: ...
+
+    def find(self, run_id: str) -> Handle | None: ...
+
+    def sweep(self, run_ids: Collection[str]) -> None: ...

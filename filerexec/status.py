@@ -313,10 +313,9 @@ class StatusDir:
                 tail = tail[cut + 1:]
             head = _CUT.format(size - len(tail)).encode()
             tail = head + tail
-        try:
-            atomic_write(self.log_path(name), tail, self.spool)
-        except OSError as e:  # the run's output stays in the state dir; retried next time
-            logger.warning("cannot publish the log of %s: %s", name, e)
+        # An error goes up to the writer, which keeps the run's output and retries: a log
+        # lost here would be lost for good once the status is written.
+        atomic_write(self.log_path(name), tail, self.spool)
 
     def remove_job(self, name: str) -> None:
         """Remove a job's status and log (the retention period of a deleted job is over)."""
@@ -388,10 +387,13 @@ class StatusWriter:
     succeeded before the thread got to it is written once. Order per job is kept: its log,
     then its status, then its raw run files are deleted. A failed write (disk full,
     read-only) is logged and retried after ``retry`` seconds unless a newer one replaced it.
+    ``inline`` writes on the caller's thread instead (tests that crash the daemon mid-write).
     """
 
-    def __init__(self, status: StatusDir, log_cap: int, retry: float = 1.0) -> None:
+    def __init__(self, status: StatusDir, log_cap: int, retry: float = 1.0,
+                 inline: bool = False) -> None:
         self.status = status
+        self.inline = inline
         self.log_cap = log_cap
         self.retry = retry
         self._cond = threading.Condition()
@@ -422,12 +424,16 @@ class StatusWriter:
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until everything queued is written; False on timeout."""
+        if self.inline:
+            return not self._pass()
         with self._cond:
             return self._cond.wait_for(lambda: not (self._jobs or self._other or self._busy),
                                        timeout)
 
     def close(self, timeout: float = 30.0) -> bool:
         """Try once more to write what is queued, then stop; False if not everything was written."""
+        if self.inline:
+            return not self._pass()
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -456,6 +462,9 @@ class StatusWriter:
             self._wake()
 
     def _wake(self) -> None:
+        if self.inline:
+            self._pass()
+            return
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="status-writer", daemon=True)
             self._thread.start()
@@ -470,20 +479,8 @@ class StatusWriter:
                 if self._closed and not (self._jobs or self._other):
                     return
                 self._busy = True
-                jobs, self._jobs = self._jobs, {}
-                other, self._other = self._other, {}
-            failed = self._write_jobs(jobs)
-            for key, write in other.items():
-                try:
-                    write()
-                    self._failing.pop(key, None)
-                except OSError as e:
-                    self._warn(key, f"cannot write {key}: {e}")
-                    failed = True
-                    with self._cond:
-                        self._other.setdefault(key, write)
+            failed = self._pass()
             with self._cond:
-                self._clean = not failed
                 if not failed:
                     self._delay = self.retry
                 elif self._closed:
@@ -491,6 +488,25 @@ class StatusWriter:
                 else:  # back off: a folder that stays broken must not cost a write a second
                     self._cond.wait(self._delay)
                     self._delay = min(self._delay * 2, MAX_RETRY)
+
+    def _pass(self) -> bool:
+        """Write everything queued once; True if something failed (it stays queued)."""
+        with self._cond:
+            jobs, self._jobs = self._jobs, {}
+            other, self._other = self._other, {}
+        failed = self._write_jobs(jobs)
+        for key, write in other.items():
+            try:
+                write()
+                self._failing.pop(key, None)
+            except OSError as e:
+                self._warn(key, f"cannot write {key}: {e}")
+                failed = True
+                with self._cond:
+                    self._other.setdefault(key, write)
+        with self._cond:
+            self._clean = not failed
+        return failed
 
     def _warn(self, key: str, message: str) -> None:
         """Log a failure once, not at every retry (a broken folder would flood the log)."""

@@ -1,0 +1,376 @@
+"""Model-based test: hypothesis drives ``Daemon.step(now)`` with a fake clock and fake
+processes through drops, edits, deletions, re-deliveries, conflicted copies, crashes (at any
+moment, including between "starting" and the spawn), clean restarts, an unwritable status
+folder and a full ledger — and checks the crash-safety invariants throughout.
+
+Only processes and the clock are fake; the spool, status files and ledger are real.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from filerexec import ledger as ledger_module
+from filerexec import process
+from filerexec.config import Settings
+from filerexec.daemon import Daemon
+from filerexec.spec import parse_job
+from filerexec.status import StatusWriter
+
+NAMES = ("a", "b", "c")
+TERM_CODE = 128 + 15
+
+
+class Crash(BaseException):
+    """The daemon process dies here (nothing in the daemon may catch it)."""
+
+
+@dataclass
+class FakeProc:
+    run_id: str
+    handle: process.Handle
+    exit_path: Path
+    nonce: str
+    code: int  # what the job exits with when it ends by itself
+    ended: threading.Event = field(default_factory=threading.Event)
+    result: int | None = None  # the exit code it ended with; None while running or if KILLed
+
+    def end(self, code: int | None) -> None:
+        """End like the waiting parent: record the code (unless KILLed), then exit."""
+        if self.ended.is_set():
+            return
+        if code is not None:
+            self.exit_path.write_text(f"{code}\n")
+        self.result = code
+        self.ended.set()
+
+
+class FakeChild:
+    def __init__(self, proc: FakeProc) -> None:
+        self._proc = proc
+        self.handle = proc.handle
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._proc.ended.wait(timeout)
+        return self._proc.result if self._proc.result is not None else 128 + 9
+
+    def poll(self) -> int | None:
+        return self.wait() if self._proc.ended.is_set() else None
+
+
+class FakeProcs:
+    """The process API over fake processes that outlive any daemon object."""
+
+    def __init__(self) -> None:
+        self.procs: dict[int, FakeProc] = {}
+        self.next_pid = 1000
+        self.crash: str | None = None  # "before spawn" / "after spawn": die there, once
+
+    def _maybe_crash(self, where: str) -> None:
+        if self.crash == where:
+            self.crash = None
+            raise Crash(where)
+
+    def spawn(self, launch: process.Launch) -> FakeChild:
+        self._maybe_crash("before spawn")
+        match = re.search(r"exit (\d+) # (n\d+)", launch.commands[0])
+        assert match, launch.commands
+        self.next_pid += 1
+        handle = process.Handle(self.next_pid, float(self.next_pid))
+        proc = FakeProc(launch.run_id, handle, launch.exit_path, match[2], int(match[1]))
+        self.procs[handle.pid] = proc
+        self._maybe_crash("after spawn")
+        return FakeChild(proc)
+
+    def alive(self, handle: process.Handle) -> bool:
+        proc = self.procs.get(handle.pid)
+        return proc is not None and proc.handle == handle and not proc.ended.is_set()
+
+    def read_exit(self, exit_path: Path) -> int | None:
+        return process.read_exit(exit_path)
+
+    def terminate(self, handle: process.Handle, run_id: str) -> None:
+        self._maybe_crash("signal")
+        if self.alive(handle):
+            self.procs[handle.pid].end(TERM_CODE)
+
+    def kill(self, handle: process.Handle, run_id: str) -> None:
+        self._maybe_crash("signal")
+        if self.alive(handle):
+            self.procs[handle.pid].end(None)
+
+    def find(self, run_id: str) -> process.Handle | None:
+        return next((p.handle for p in self.running() if p.run_id == run_id), None)
+
+    def sweep(self, run_ids: Collection[str]) -> None:
+        for proc in self.running():
+            if proc.run_id in run_ids:
+                proc.end(None)
+
+    def running(self) -> list[FakeProc]:
+        return [p for p in self.procs.values() if not p.ended.is_set()]
+
+    def release(self) -> None:
+        """Teardown: let every waiter thread go."""
+        for proc in self.running():
+            proc.end(None)
+
+
+class LedgerFull:
+    """Make every ledger write fail as on a full disk, while ``on`` is set."""
+
+    on = False
+    _save = ledger_module.Ledger.save
+
+    @classmethod
+    def save(cls, self: ledger_module.Ledger, *args: Any, **kwargs: Any) -> None:
+        if cls.on:
+            raise sqlite3.OperationalError("database or disk is full")
+        cls._save(self, *args, **kwargs)
+
+    @classmethod
+    def installed(cls) -> Iterator[None]:
+        ledger_module.Ledger.save = lambda self, *a, **k: cls.save(self, *a, **k)  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            ledger_module.Ledger.save = cls._save  # type: ignore[method-assign]
+            cls.on = False
+
+
+class DaemonModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tmp = Path(tempfile.mkdtemp(prefix="filerexec-model-"))
+        spool = self.tmp / "spool"
+        (spool / "jobs").mkdir(parents=True)
+        (spool / "status").mkdir()
+        self.settings = Settings(spool=spool, host="h", state_dir=self.tmp / "state", poll=True,
+                                 settle=0.0, storm_starts=10_000)
+        self.status_dir = spool / "status" / "h"
+        self.procs = FakeProcs()
+        self.now = time.time() + 1000  # ahead of every real mtime: files are read at once
+        self.serial = 0
+        self.truth: dict[str, tuple[str, int]] = {}  # digest → (nonce, code)
+        self.present: dict[str, tuple[str, str]] = {}  # job → (text, digest)
+        self.never: set[str] = set()  # nonces of conflicted copies
+        self.status_broken = False
+        self._ledger_patch = LedgerFull.installed()
+        next(self._ledger_patch)
+        self._open()
+
+    # --- the world ------------------------------------------------------------
+
+    def _open(self) -> Daemon:
+        daemon = Daemon(self.settings, clock=lambda: self.now, procs=self.procs)
+        # Status files written inline: a crash while writing one kills the whole daemon.
+        daemon.writer = StatusWriter(daemon.status, self.settings.log_cap, inline=True)
+        write_job = daemon.status.write_job
+
+        def crashing_write_job(*args: Any, **kwargs: Any) -> None:
+            self.procs._maybe_crash("publish")  # after the commit, before the status file
+            write_job(*args, **kwargs)
+
+        daemon.status.write_job = crashing_write_job  # type: ignore[method-assign]
+        self.daemon = daemon
+        daemon.open()
+        return daemon
+
+    def _drop_daemon(self) -> None:
+        """What the kernel does when the daemon process dies: its lock and files close."""
+        if self.daemon._ledger is not None:
+            self.daemon._ledger.close()
+        if self.daemon._lock is not None:
+            self.daemon._lock.release()
+
+    def _step(self, dt: float) -> None:
+        self.now += dt
+        try:
+            self.daemon.step(self.now)
+        except Crash:
+            self._drop_daemon()
+            self._reopen()
+
+    def _reopen(self) -> None:
+        while True:  # a crash point may strike while the next daemon opens, too
+            try:
+                self._open()
+                return
+            except Crash:
+                self._drop_daemon()
+
+    def _write(self, name: str, text: str) -> None:
+        target = self.settings.jobs_dir / f"{name}.yaml"
+        tmp = target.with_name(f".syncthing.{name}.yaml.tmp")
+        tmp.write_text(text)
+        # A distinct mtime per delivery, as sync clients set it: this fast, a same-size edit
+        # could otherwise reuse the inode and the timestamp tick and look unchanged.
+        self.serial += 1
+        mtime_ns = int((self.now - 500) * 1e9) + self.serial * 1000
+        os.utime(tmp, ns=(mtime_ns, mtime_ns))
+        os.replace(tmp, target)
+
+    def _runs(self) -> list[dict[str, Any]]:
+        assert self.daemon._ledger is not None
+        return self.daemon._ledger.runs()
+
+    # --- rules ------------------------------------------------------------------
+
+    @rule(name=st.sampled_from(NAMES), code=st.integers(0, 3))
+    def drop_or_edit(self, name: str, code: int) -> None:
+        self.serial += 1
+        text = f"commands: 'exit {code} # n{self.serial}'\n"
+        digest = parse_job(text.encode(), name).digest
+        self.truth[digest] = (f"n{self.serial}", code)
+        self.present[name] = (text, digest)
+        self._write(name, text)
+
+    @precondition(lambda self: self.present)
+    @rule(data=st.data())
+    def delete(self, data: st.DataObject) -> None:
+        name = data.draw(st.sampled_from(sorted(self.present)))
+        (self.settings.jobs_dir / f"{name}.yaml").unlink()
+        del self.present[name]
+
+    @precondition(lambda self: self.present)
+    @rule(data=st.data())
+    def redeliver_identical(self, data: st.DataObject) -> None:
+        name = data.draw(st.sampled_from(sorted(self.present)))
+        self._write(name, self.present[name][0])
+
+    @rule(name=st.sampled_from(NAMES))
+    def conflicted_copy(self, name: str) -> None:
+        self.serial += 1
+        self.never.add(f"n{self.serial}")
+        stamp = f"20261128-{self.serial:06d}"
+        copy = self.settings.jobs_dir / f"{name}.sync-conflict-{stamp}-ABCDEFG.yaml"
+        copy.write_text(f"commands: 'exit 0 # n{self.serial}'\n")
+
+    @rule(dt=st.sampled_from([0.0, 0.5, 1.0, 3.0, 6.0]))
+    def step(self, dt: float) -> None:
+        self._step(dt)
+
+    @precondition(lambda self: self.procs.running())
+    @rule(data=st.data())
+    def a_process_ends(self, data: st.DataObject) -> None:
+        proc = data.draw(st.sampled_from(self.procs.running()))
+        proc.end(proc.code)
+
+    @rule(where=st.sampled_from(["before spawn", "after spawn", "signal", "publish"]))
+    def crash_at_next(self, where: str) -> None:
+        self.procs.crash = where
+
+    @rule()
+    def crash_now(self) -> None:
+        self._drop_daemon()
+        self._reopen()
+
+    @rule()
+    def clean_restart(self) -> None:
+        self.daemon.close()
+        self._reopen()
+
+    @rule()
+    def status_unwritable(self) -> None:
+        if not self.status_broken:
+            self.status_dir.mkdir(parents=True, exist_ok=True)
+            os.rename(self.status_dir, self.tmp / "status-aside")
+            self.status_dir.write_text("not a folder\n")
+            self.status_broken = True
+
+    @rule()
+    def status_writable(self) -> None:
+        if self.status_broken:
+            self.status_dir.unlink()
+            os.rename(self.tmp / "status-aside", self.status_dir)
+            self.status_broken = False
+
+    @rule(full=st.booleans())
+    def ledger_full(self, full: bool) -> None:
+        LedgerFull.on = full
+
+    # --- invariants ---------------------------------------------------------------
+
+    @invariant()
+    def nothing_started_twice_and_no_conflicted_copy_runs(self) -> None:
+        spawned = Counter(p.nonce for p in self.procs.procs.values())
+        assert max(spawned.values(), default=0) <= 1, spawned
+        assert not self.never & set(spawned)
+        per_version = Counter((r["job"], r["digest"]) for r in self._runs())
+        assert max(per_version.values(), default=0) <= 1, per_version
+
+    def teardown(self) -> None:
+        try:
+            self._settle_and_check()
+        finally:
+            self.procs.release()
+            with contextlib.suppress(Exception):
+                self.daemon.close()
+            with contextlib.suppress(Exception):
+                next(self._ledger_patch)
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _settle_and_check(self) -> None:
+        """Heal the disk, let time pass until nothing is left to do, then check everything."""
+        self.procs.crash = None
+        LedgerFull.on = False
+        self.status_writable()
+        for _ in range(4):  # deletions confirmed, kills escalated, the killed collected
+            self._step(3.0)
+        for proc in self.procs.running():  # nothing runs whose job file is gone
+            job = next(r["job"] for r in self._runs() if r["run_id"] == proc.run_id)
+            assert job in self.present, f"{job} was deleted but run {proc.run_id} still runs"
+        for _ in range(8):  # everything due runs and ends
+            for proc in self.procs.running():
+                proc.end(proc.code)
+            self._step(3.0)
+        assert self.daemon.writer.flush(), "status files never caught up"
+        runs = self._runs()
+        spawned = {p.nonce: p for p in self.procs.procs.values()}
+        for run in runs:
+            nonce, _ = self.truth[run["digest"]]
+            proc = spawned.get(nonce)
+            if run["outcome"] in ("succeeded", "failed"):
+                assert proc is not None and run["exit_code"] == proc.result, run
+            elif run["outcome"] == "lost":
+                assert proc is None or proc.result is None, run  # never spawned, or KILLed
+        finished = {(r["job"], r["digest"]): r for r in runs if r["outcome"]}
+        for path in self.status_dir.glob("*.yaml"):
+            doc = yaml.safe_load(path.read_text())
+            if path.name == "host.yaml" or doc["job"] in self.present:
+                continue
+            if doc["job"] in self.daemon.jobs:  # else the ledger never knew it (README)
+                assert doc["state"] not in ("pending", "running") and doc["deleted"], doc
+        for name, (_, digest) in self.present.items():
+            nonce, code = self.truth[digest]
+            run = finished.get((name, digest))
+            assert run is not None, f"{name} {nonce}: never ran (lost without a trace)"
+            doc = yaml.safe_load((self.status_dir / f"{name}.yaml").read_text())
+            assert doc["digest"] == digest[:12]
+            if nonce in spawned:
+                assert doc["state"] in ("succeeded", "failed") and doc["exit_code"] == code, doc
+            else:
+                assert doc["state"] == "lost", doc
+
+
+DaemonModel.TestCase.settings = settings(
+    max_examples=int(os.environ.get("MODEL_EXAMPLES", "200")), stateful_step_count=50,
+    deadline=None, suppress_health_check=[HealthCheck.too_slow])
+TestDaemonModel = DaemonModel.TestCase
