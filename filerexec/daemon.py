@@ -87,7 +87,7 @@ class AlreadyRunning(Exception):
 class _Unsettled:
     """A file written in place: read it once its stat stayed the same for a while."""
 
-    key: tuple[int, int, int]
+    key: FileKey
     since: float
 
 
@@ -117,7 +117,7 @@ class Daemon:
         self._finished: dict[str, list[Path]] = {}  # raw files of ended runs, to delete
         self.conflicts: dict[str, list[str]] = {}
         self._listing: Listing | None = None  # the last full listing of jobs/
-        self._known: dict[str, tuple[int, int, int]] = {}  # stat key of each file read
+        self._known: dict[str, FileKey] = {}  # stat key of each file read
         self._unsettled: dict[str, _Unsettled] = {}
         self._children: dict[str, process.Started] = {}  # run id → child we spawned
         self._waiters = _Waiters(self._wait_child)

@@ -66,9 +66,9 @@ class Ledger:
             if rec.get("seen"):
                 digest, seen = rec["seen"]
                 self.seen[job.name] = (digest, seen)
-            if rec.get("file"):
-                size, mtime_ns, ino = rec["file"]
-                self.files[job.name] = (size, mtime_ns, ino)
+            if rec.get("file") and len(rec["file"]) == 4:  # else: read again, to be sure
+                size, mtime_ns, ino, ctime_ns = rec["file"]
+                self.files[job.name] = (size, mtime_ns, ino, ctime_ns)
         return jobs
 
     def save(self, jobs: Iterable[Job], removed: Iterable[str] = (),
@@ -151,7 +151,7 @@ class Ledger:
         return _Transaction(self._db)
 
 
-FileKey = tuple[int, int, int]  # size, mtime_ns, inode
+FileKey = tuple[int, int, int, int]  # size, mtime_ns, inode, ctime_ns
 
 
 def _dump(rec: dict[str, Any]) -> str:

@@ -54,14 +54,23 @@ class FileStat:
     mode: int
     nlink: int
     placeholder: bool = False  # an online-only file: full size, no local data yet
+    ctime_ns: int = 0
+
+    @classmethod
+    def of(cls, where: str, st: os.stat_result) -> FileStat:
+        return cls(where, st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode, st.st_nlink,
+                   is_placeholder(st), st.st_ctime_ns)
 
     @property
     def path(self) -> Path:
         return Path(self.where)
 
     @property
-    def key(self) -> tuple[int, int, int]:
-        return (self.size, self.mtime_ns, self.ino)
+    def key(self) -> tuple[int, int, int, int]:
+        # ctime too: sync clients set mtime to the sender's, and a same-size edit within
+        # one mtime tick that reuses the inode would otherwise look unchanged. Nothing can
+        # set ctime back; every write and rename moves it.
+        return (self.size, self.mtime_ns, self.ino, self.ctime_ns)
 
 
 @dataclass(slots=True)
@@ -115,10 +124,7 @@ def _walk(folder: Path, prefix: str, listing: Listing, chosen: dict[str, str]) -
                 if current is not None:
                     listing.conflicts.setdefault(name, []).append(current)
                 chosen[name] = rel
-                listing.jobs[name] = FileStat(
-                    entry.path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode,
-                    st.st_nlink, is_placeholder(st),
-                )
+                listing.jobs[name] = FileStat.of(entry.path, st)
 
 
 def stat_file(jobs_dir: Path, path: str) -> tuple[str, FileStat] | None:
@@ -138,8 +144,7 @@ def stat_file(jobs_dir: Path, path: str) -> tuple[str, FileStat] | None:
         return None
     if stat.S_ISDIR(st.st_mode):
         return None
-    return found.job, FileStat(where, st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode,
-                               st.st_nlink)
+    return found.job, FileStat.of(where, st)
 
 
 def _rank(rel: str) -> int:

@@ -290,3 +290,20 @@ def test_poll_mode_reads_file_written_in_place_once_still_without_spinning(host:
     host.wait_state("second", "succeeded")
     after = psutil.Process(host.proc.pid).cpu_times()
     assert (after.user + after.system) - (cpu.user + cpu.system) < 0.5
+
+
+def test_same_size_edit_with_the_same_mtime_is_still_noticed(host: Host, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    host.start()
+    job = host.drop("same.yaml", f"commands: echo 1 >> {out}\n")
+    host.wait_state("same", "succeeded")
+    before = job.stat()
+    # Same inode, same size, same mtime (as a sync client restoring the sender's mtime
+    # could leave it): only the content — and the ctime nothing can set — differ.
+    with open(job, "r+") as f:
+        f.write(f"commands: echo 2 >> {out}\n")
+    os.utime(job, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = job.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino, before.st_size, before.st_mtime_ns)
+    wait_for(lambda: out.read_text().split() == ["1", "2"], what="the edited version to run")
