@@ -9,7 +9,6 @@ import logging
 import secrets
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from filerexec.machine import State
 from filerexec.names import job_name
 from filerexec.spec import SpecError, parse_job
 from filerexec.spool import init as init_spool
+from filerexec.status import atomic_write
 
 OK, FAILURE, USAGE, ALREADY_RUNNING = 0, 1, 2, 3
 
@@ -331,12 +331,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if target.exists() and not args.replace:
         print(f"filerexec: {target} exists (use --replace to change it)", file=sys.stderr)
         return FAILURE
-    target.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target under a name no reconciler reads, then renamed into place.
-    with tempfile.NamedTemporaryFile("w", dir=target.parent, prefix=".~filerexec-",
-                                     suffix=".tmp", delete=False) as f:
-        f.write(text)
-    Path(f.name).replace(target)
+    atomic_write(target, text.encode())
     print(f"submitted {target}")
     return OK
 
@@ -396,10 +392,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
         # A fresh nonce each time: signing an unchanged file again makes a new run request.
         nonce = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
         signed = signing.sign(data, name, key_id, secret, nonce)
-        with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=".~filerexec-",
-                                         suffix=".tmp", delete=False) as f:
-            f.write(signed)
-        Path(f.name).replace(path)
+        atomic_write(path, signed)
         print(f"{path}: signed as job {name!r} with key {key_id!r}")
     return status
 
