@@ -20,7 +20,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,6 @@ from filerexec.machine import (
     Action,
     Event,
     Exited,
-    FileMissing,
-    FileRead,
     Job,
     Launch,
     Phase,
@@ -48,21 +46,12 @@ from filerexec.machine import (
     Tick,
     Timing,
     Vanished,
-    Version,
     phase,
     transition,
 )
 from filerexec.policy import policy_problem
-from filerexec.spec import JobSpec, SpecError, parse_job
-from filerexec.spool import (
-    FileStat,
-    Listing,
-    NotReady,
-    Refused,
-    read_job_file,
-    scan,
-    stat_file,
-)
+from filerexec.reconcile import Reconciler
+from filerexec.spec import JobSpec, parse_job
 from filerexec.status import StatusDir, StatusWriter, counts, timestamp
 from filerexec.watch import Hint, Hints, Watcher
 
@@ -81,14 +70,6 @@ CRASH_BEFORE_SPAWN_VAR = "FILEREXEC_TEST_CRASH_BEFORE_SPAWN"
 
 class AlreadyRunning(Exception):
     """Another daemon serves this spool on this host."""
-
-
-@dataclass(slots=True)
-class _Unsettled:
-    """A file written in place: read it once its stat stayed the same for a while."""
-
-    key: FileKey
-    since: float
 
 
 class Daemon:
@@ -112,13 +93,8 @@ class Daemon:
         # jobs cost nothing per step. Kept in step with self.jobs by _apply/_track.
         self._active: set[str] = set()
         self._deleted: set[str] = set()  # deleted jobs whose status waits for the retention
-        self._seen: dict[str, tuple[str, float]] = {}  # digest → first seen, from the ledger
-        self._restored: dict[str, FileKey] = {}  # files whose verdict the ledger holds
         self._finished: dict[str, list[Path]] = {}  # raw files of ended runs, to delete
-        self.conflicts: dict[str, list[str]] = {}
-        self._listing: Listing | None = None  # the last full listing of jobs/
-        self._known: dict[str, FileKey] = {}  # stat key of each file read
-        self._unsettled: dict[str, _Unsettled] = {}
+        self.reconciler = Reconciler(settings, self.jobs, self._apply, self._admit)
         self._children: dict[str, process.Started] = {}  # run id → child we spawned
         self._waiters = _Waiters(self._wait_child)
         self._changed: set[str] = set()  # jobs whose status file is out of date
@@ -137,11 +113,8 @@ class Daemon:
         self._index_due: float | None = 0.0  # written at once on start
         self._log_refreshed: dict[str, float] = {}
         self.started = 0.0
-        self.last_scan: float | None = None
-        self.spool_available = True
         self.key_dir = settings.key_dir or keystore.default_key_dir()
         self.warnings: list[str] = []  # shown in host.yaml: what the owner should fix
-        self.refused: dict[str, str] = {}  # files under jobs/ whose names cannot be jobs
         self._clean_start = False  # the previous daemon stopped cleanly (see _restorable)
 
     # --- lifecycle ----------------------------------------------------------
@@ -161,9 +134,8 @@ class Daemon:
         os.environ.pop(process.RUN_ID_VAR, None)
         (state / "daemon.pid").write_text(f"{os.getpid()}\n")
         self._ledger = Ledger(state / "ledger.sqlite")
-        self.jobs = self._ledger.load()
-        self._seen = self._ledger.seen
-        self._restored = self._restorable(self._ledger)
+        self.jobs.update(self._ledger.load())  # the reconciler holds this very dict
+        self.reconciler.restore(self._ledger.seen, self._restorable(self._ledger))
         for name, job in self.jobs.items():
             self._track(name, job)
         self.started = self.clock()
@@ -241,7 +213,7 @@ class Daemon:
 
     def idle(self) -> bool:
         """Nothing running, nothing due, nothing waiting to settle or to be confirmed deleted."""
-        if self._unsettled or self._children:
+        if self.reconciler.settling or self._children:
             return False
         # In safe mode a waiting job waits for a person, not for this daemon.
         resting = (Phase.IDLE, Phase.WAITING) if self.safe_mode else (Phase.IDLE,)
@@ -268,11 +240,11 @@ class Daemon:
         self._check_safe_mode(now)
         self._collect_exits(now)
         hints = self.hints.drain()
-        if hints and self._fast_reconcile(now, hints):
+        if hints and self.reconciler.fast(now, hints):
             self._launch_due(now)  # the files that arrived start before jobs/ is listed
         # A file written in place is due once it has stood still: read it then (not at the
         # next rescan, and without spinning on its passed deadline until then).
-        settled = any(now >= u.since + self.settings.settle for u in self._unsettled.values())
+        settled = self.reconciler.settle_due(now)
         if hints or settled or now >= self._next_scan:
             self._reconcile(now, hints)
             self._next_scan = now + self.settings.scan_interval
@@ -327,7 +299,7 @@ class Daemon:
             return False  # a failing commit may block for SQLite's busy timeout: not every call
         try:
             self._ledger.save((self.jobs[n] for n in self._unsaved if n in self.jobs),
-                              files=self._known)
+                              files=self.reconciler.known)
         except (sqlite3.Error, OSError) as e:
             if self.ledger_problem != str(e):
                 logger.error("cannot write the ledger (%s): no job is started until it can be",
@@ -357,122 +329,10 @@ class Daemon:
     def _reconcile(self, now: float, hints: dict[str, Hint]) -> None:
         if not self.settings.poll:
             self.watcher.ensure()
-        listing = scan(self.settings.jobs_dir)
-        self.last_scan = now
-        if (listing is not None) != self.spool_available:
-            self.spool_available = listing is not None
+        if self.reconciler.reconcile(now, hints):
             self._next_heartbeat = now  # host.yaml must say so at once
-            if listing is None:
-                logger.warning("spool unavailable: %s is missing; no job is touched",
-                               self.settings.jobs_dir)
-            else:
-                logger.info("spool available again: %s", self.settings.jobs_dir)
-        if listing is None:
-            return
-        self._listing = listing
-        self._update_conflicts(listing)
-        if listing.refused != self.refused:
-            for rel in listing.refused.keys() - self.refused.keys():
-                logger.warning("%r: %s", rel, listing.refused[rel])
-            self.refused = dict(listing.refused)
-            self._next_heartbeat = now  # host.yaml lists them
-        for name, info in listing.jobs.items():
-            self._consider(name, info, now, hints.get(info.where))
-        for name in list(self.jobs):
-            if name not in listing.jobs:
-                self._known.pop(name, None)
-                self._unsettled.pop(name, None)
-                if self.jobs[name].deleted is None:
-                    self._apply(name, FileMissing(now))
-        self._restored = {}  # only the first listing after the start may use them
-
-    def _consider(self, name: str, info: FileStat, now: float, hint: Hint | None) -> None:
-        """Read the job's file if its stat changed (and it is complete); feed the machine."""
-        if self._known.get(name) == info.key:
-            return
-        if self._unchanged_since_restart(name, info):
-            self._known[name] = info.key
-            return
-        if not self._settled(name, info, now, hint):
-            return
-        self._known[name] = info.key
-        version = self._read(name, info, now)
-        if version.readiness is Readiness.OTHER_HOST and name not in self.jobs:
-            return  # none of this host's business
-        self._apply(name, FileRead(version, now))
-
-    def _fast_reconcile(self, now: float, hints: dict[str, Hint]) -> bool:
-        """Act on files that arrived complete before listing all of jobs/; True if any.
-
-        Listing 10,000 files takes ~45 ms, all of it added to a job's start. A file moved
-        into place decides its job alone when the last listing knew no other file for that
-        name (another suffix, a conflicted copy); otherwise it waits for the listing, which
-        follows in the same step either way (events stay hints; the listing is the truth).
-        """
-        listing = self._listing
-        if listing is None or self._restored:
-            return False
-        acted = False
-        for path, hint in hints.items():
-            found = stat_file(self.settings.jobs_dir, path) if hint is Hint.COMPLETE else None
-            if found is None:
-                continue
-            name, info = found
-            known = listing.jobs.get(name)
-            if (known is not None and known.where != info.where) or name in listing.conflicts:
-                continue
-            listing.jobs[name] = info
-            self._consider(name, info, now, hint)
-            acted = True
-        return acted
-
-    def _unchanged_since_restart(self, name: str, info: FileStat) -> bool:
-        """A finished job whose file is still the very file (stat key) of the version it ran.
-
-        Reading it again could change nothing: not the machine's decision (nothing runs
-        without a new digest) and not its status file (the version's digest is the run's,
-        and its mtime and first-seen time are what the file already shows).
-        """
-        job = self.jobs.get(name)
-        if self._restored.pop(name, None) != info.key or job is None or name in self._active:
-            return False
-        seen = self._seen.get(name)
-        return job.run is not None and seen is not None and seen[0] == job.run.digest
-
-    def _settled(self, name: str, info: FileStat, now: float, hint: Hint | None) -> bool:
-        """Read a file that arrived complete at once; one written in place once it is still."""
-        if hint is Hint.COMPLETE or now - info.mtime_ns / 1e9 >= self.settings.settle:
-            self._unsettled.pop(name, None)
-            return True
-        seen = self._unsettled.get(name)
-        if seen is None or seen.key != info.key:
-            self._unsettled[name] = _Unsettled(info.key, now)
-            return False
-        if now - seen.since >= self.settings.settle:
-            del self._unsettled[name]
-            return True
-        return False
-
-    def _read(self, name: str, info: FileStat, now: float) -> Version:
-        mtime = info.mtime_ns / 1e9
-        try:
-            data = read_job_file(info, self.settings.max_job_bytes)
-        except Refused as e:
-            return Version(Readiness.INVALID, problem=f"refused: {e}", mtime=mtime, seen=now)
-        except (NotReady, OSError) as e:
-            problem = str(e) if isinstance(e, NotReady) else f"waiting for the sync client: {e}"
-            self._known.pop(name, None)  # retry on the next rescan
-            return Version(Readiness.NOT_READY, problem=problem, mtime=mtime, seen=now)
-        try:
-            spec = self._admit(name, data, now)
-        except signing.Rejected as e:
-            logger.warning("job %s rejected: %s", name, e)
-            return Version(Readiness.REJECTED, problem=str(e), mtime=mtime, seen=now)
-        except SpecError as e:
-            return Version(Readiness.INVALID, problem=str(e), mtime=mtime, seen=now)
-        if not spec.targets(self.settings.host):
-            return Version(Readiness.OTHER_HOST, spec, mtime=mtime, seen=now)
-        return Version(Readiness.VALID, spec, mtime=mtime, seen=self._first_seen(name, spec, now))
+        self._changed |= self.reconciler.changed_conflicts
+        self.reconciler.changed_conflicts.clear()
 
     def _admit(self, name: str, data: bytes, now: float) -> JobSpec:
         """Parse a job file; authenticate it first if the host requires signed jobs."""
@@ -485,32 +345,6 @@ class Daemon:
         if spec.targets(s.host) and (problem := policy_problem(spec, s.allow)):
             raise signing.Rejected(problem)
         return spec
-
-    def _first_seen(self, name: str, spec: JobSpec, now: float) -> float:
-        """A touch or an identical re-delivery keeps the time this version was first seen."""
-        job = self.jobs.get(name)
-        previous = job.version if job else None
-        if previous and previous.digest == spec.digest and previous.seen is not None:
-            return previous.seen
-        if previous is None:  # after a restart: the ledger remembers it
-            digest, seen = self._seen.pop(name, ("", 0.0))
-            if digest == spec.digest:
-                return seen
-        return now
-
-    def _update_conflicts(self, listing: Listing) -> None:
-        for name in set(self.conflicts) | set(listing.conflicts):
-            new = sorted(listing.conflicts.get(name, []))
-            if self.conflicts.get(name, []) != new:
-                if new:
-                    self.conflicts[name] = new
-                else:
-                    self.conflicts.pop(name, None)
-                if name in self.jobs:
-                    self._changed.add(name)
-                    self._restored.pop(name, None)  # read it: its status is rewritten
-                if new:
-                    logger.info("conflicted copies of %s never run: %s", name, ", ".join(new))
 
     # --- launching and processes --------------------------------------------
 
@@ -589,7 +423,10 @@ class Daemon:
             for job in self._active_jobs():
                 if job.running and job.run and job.run.run_id not in self._children:
                     self._check_adopted(job, now)
-        # Committed with the launches of this step (one fsync, before any action).
+        # Committed now, not with this step's launches: the ledger writes a job's run
+        # history from its current run, so a run that ends and a queued version that
+        # starts in one commit would leave the first run without its outcome.
+        self._commit(now)
 
     def _finish_run(self, name: str, code: int | None, now: float) -> None:
         job = self.jobs[name]
@@ -712,7 +549,7 @@ class Daemon:
                 forget = []
             else:
                 forget = self._finished.pop(name, [])
-            self.writer.job(job, self.conflicts.get(name, ()), forget=forget)
+            self.writer.job(job, self.reconciler.conflicts.get(name, ()), forget=forget)
         if changed and self._index_due is None:
             self._index_due = now + INDEX_DELAY
         if self._index_due is not None and now >= self._index_due:
@@ -745,13 +582,14 @@ class Daemon:
         """Queue host.yaml: the heartbeat, and what keeps this host from working normally."""
         self._next_heartbeat = now + self.settings.heartbeat_interval
         jobs = list(self.jobs.values())  # counted on the writer thread
-        problems = [p for p in (None if self.spool_available else "spool unavailable",
+        spool_available = self.reconciler.spool_available
+        problems = [p for p in (None if spool_available else "spool unavailable",
                                 self.ledger_problem and f"ledger unwritable: {self.ledger_problem}",
                                 self.safe_mode and f"safe mode: {self.safe_mode}") if p]
         state = "serving"
         if stopping:
             state = "stopped"
-        elif not self.spool_available:
+        elif not spool_available:
             state = "spool unavailable"
         elif self.ledger_problem is not None:
             state = "ledger unwritable"
@@ -764,16 +602,16 @@ class Daemon:
             "state": state,
             "started": timestamp(self.started),
             "updated": timestamp(now),
-            "last_scan": timestamp(self.last_scan),
+            "last_scan": timestamp(self.reconciler.last_scan),
             "watcher": "polling" if self.settings.poll else self.watcher.kind,
         }
         if problems:
             doc["reason"] = "; ".join(problems)
         if self.warnings:
             doc["warnings"] = list(self.warnings)
-        if self.refused:  # names that get no status file of their own, and why
+        if refused := self.reconciler.refused:  # names with no status file of their own
             doc["refused"] = [{"file": rel, "reason": reason}
-                              for rel, reason in sorted(self.refused.items())[:MAX_REFUSED]]
+                              for rel, reason in sorted(refused.items())[:MAX_REFUSED]]
         self.writer.host(lambda: {**doc, "jobs": counts(jobs)})
 
     def _retention_ends(self) -> dict[str, float]:
@@ -793,7 +631,7 @@ class Daemon:
             deadlines.append(self._ledger_retry)
         if self._index_due is not None:
             deadlines.append(self._index_due)
-        deadlines.extend(u.since + self.settings.settle for u in self._unsettled.values())
+        deadlines.extend(self.reconciler.settling)
         deadlines.extend(self._retention_ends().values())
         for job in self._active_jobs():
             deadlines.extend(_job_deadlines(job, self.timing, now))

@@ -284,7 +284,10 @@ class DaemonModel(RuleBasedStateMachine):
 
     @rule()
     def clean_restart(self) -> None:
-        self.daemon.close()
+        try:
+            self.daemon.close()
+        except Crash:  # it died while stopping: a crash after all
+            self._drop_daemon()
         self._reopen()
 
     @rule()

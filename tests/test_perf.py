@@ -13,6 +13,7 @@ import yaml
 from watchdog.events import FileCreatedEvent, FileMovedEvent
 
 from filerexec import daemon as daemon_module
+from filerexec import reconcile as reconcile_module
 from filerexec.config import Settings
 from filerexec.daemon import Daemon
 from filerexec.ledger import Ledger
@@ -184,8 +185,8 @@ def test_restart_reads_only_files_changed_since_a_clean_stop(
         first._lock.release()
     (spool / "jobs" / "b.yaml").write_text("commands: echo b2\n")
     read: list[str] = []
-    real = daemon_module.read_job_file
-    monkeypatch.setattr(daemon_module, "read_job_file",
+    real = reconcile_module.read_job_file
+    monkeypatch.setattr(reconcile_module, "read_job_file",
                         lambda info, cap: read.append(info.path.name) or real(info, cap))
     second = _serve_once(spool, tmp_path / "state")
     second.close()
@@ -202,8 +203,9 @@ def test_moved_in_file_starts_before_jobs_is_listed_unless_another_file_names_it
     daemon.open()
     daemon.run(threading.Event(), once=True)  # the first listing; b has run
     order: list[str] = []
-    real_scan, real_spawn = daemon_module.scan, daemon_module.process.spawn
-    monkeypatch.setattr(daemon_module, "scan", lambda d: order.append("scan") or real_scan(d))
+    real_scan, real_spawn = reconcile_module.scan, daemon_module.process.spawn
+    monkeypatch.setattr(reconcile_module, "scan",
+                        lambda d: order.append("scan") or real_scan(d))
     monkeypatch.setattr(daemon_module.process, "spawn",
                         lambda launch: order.append("spawn") or real_spawn(launch))
 
