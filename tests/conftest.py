@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -77,6 +78,18 @@ class Host:
         except AssertionError:
             raise AssertionError(f"{job}: last status {self.status(job)}\n"
                                  f"daemon log:\n{self.log.read_text()[-3000:]}") from None
+
+    def ledger(self) -> sqlite3.Connection:
+        """The daemon's run ledger, opened beside it (SQLite allows a reader)."""
+        return sqlite3.connect(next(self.state.glob("spools/*/ledger.sqlite")), timeout=30)
+
+    def heartbeat(self) -> dict[str, Any]:
+        """host.yaml as it is now; empty while it is missing or being replaced."""
+        try:
+            doc = yaml.safe_load((self.status_dir / "host.yaml").read_text())
+        except (OSError, yaml.YAMLError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
 
     def log_of(self, job: str) -> str:
         try:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 
 from filerexec import process
 from filerexec.config import Settings
@@ -29,15 +28,11 @@ def state_dir(host: Host) -> Path:
 
 
 def ledger(host: Host) -> sqlite3.Connection:
-    return sqlite3.connect(state_dir(host) / "ledger.sqlite", timeout=30)
+    return host.ledger()
 
 
 def host_doc(host: Host) -> dict[str, object]:
-    try:
-        doc = yaml.safe_load((host.status_dir / "host.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
+    return host.heartbeat()
 
 
 def serving(host: Host) -> dict[str, object]:

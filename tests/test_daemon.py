@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import psutil
-import yaml
 
 from tests.conftest import Host, pid_alive
 from tests.util import wait_for
 
 
 def started_runs(host: Host, job: str) -> int:
-    db = sqlite3.connect(next(host.state.glob("spools/*/ledger.sqlite")))
+    db = host.ledger()
     try:
         return int(db.execute("SELECT COUNT(*) FROM runs WHERE job = ?", (job,)).fetchone()[0])
     finally:
@@ -36,7 +34,7 @@ def test_drop_runs_and_status_files_appear(host: Host) -> None:
     index = host.status_dir / "index.md"
     wait_for(lambda: index.exists() and "| hello | succeeded |" in index.read_text(),
              what="index.md to list the job")
-    heartbeat = yaml.safe_load((host.status_dir / "host.yaml").read_text())
+    heartbeat = host.heartbeat()
     assert heartbeat["pid"] == host.proc.pid if host.proc else False
     assert heartbeat["watcher"] and heartbeat["jobs"]
 
@@ -197,11 +195,11 @@ def test_jobs_folder_vanishing_is_spool_unavailable_not_mass_kill(host: Host) ->
     doc = host.wait_state("live", "running")
     jobs = host.spool / "jobs"
     os.rename(jobs, host.spool / "jobs.unmounted")
-    wait_for(lambda: yaml.safe_load((host.status_dir / "host.yaml").read_text())["state"]
+    wait_for(lambda: host.heartbeat()["state"]
              == "spool unavailable", what="host.yaml to say spool unavailable")
     assert pid_alive(doc["pid"]) and (host.status("live") or {})["state"] == "running"
     os.rename(host.spool / "jobs.unmounted", jobs)
-    wait_for(lambda: yaml.safe_load((host.status_dir / "host.yaml").read_text())["state"]
+    wait_for(lambda: host.heartbeat()["state"]
              == "serving", what="serving again")
     assert (host.status("live") or {})["state"] == "running"
 
@@ -282,7 +280,7 @@ def test_poll_mode_reads_file_written_in_place_once_still_without_spinning(host:
     (host.spool / "jobs" / "inplace.yaml").write_text("commands: echo polled\n")
     host.wait_state("inplace", "succeeded")
     assert "polled" in host.log_of("inplace")
-    assert yaml.safe_load((host.status_dir / "host.yaml").read_text())["watcher"] == "polling"
+    assert host.heartbeat()["watcher"] == "polling"
     # Waiting for a file to settle must sleep, not spin: a busy loop burns a whole core.
     assert host.proc is not None
     cpu = psutil.Process(host.proc.pid).cpu_times()

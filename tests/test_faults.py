@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -145,7 +144,7 @@ def _read(path: Path) -> str:
 
 
 def _runs(host: Host) -> list[tuple[str, str, str, str | None, int | None, str | None]]:
-    db = sqlite3.connect(next(host.state.glob("spools/*/ledger.sqlite")), timeout=30)
+    db = host.ledger()
     try:
         return list(db.execute(
             "SELECT run_id, job, digest, outcome, exit_code, reason FROM runs"))

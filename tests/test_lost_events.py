@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
@@ -48,7 +47,7 @@ def test_sigstopped_daemon_misses_events_yet_runs_every_job_once(
     finally:
         proc.send_signal(signal.SIGCONT)
     dropped = time.monotonic() - began
-    db = sqlite3.connect(next(host.state.glob("spools/*/ledger.sqlite")), timeout=30)
+    db = host.ledger()
     peak = 0
 
     def done() -> bool:
