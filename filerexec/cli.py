@@ -23,9 +23,9 @@ from filerexec.config import default_host
 from filerexec.daemon import AlreadyRunning, Daemon
 from filerexec.machine import State
 from filerexec.names import job_name
+from filerexec.safefile import atomic_write
 from filerexec.spec import SpecError, parse_job
 from filerexec.spool import init as init_spool
-from filerexec.status import atomic_write
 
 OK, FAILURE, USAGE, ALREADY_RUNNING = 0, 1, 2, 3
 

@@ -26,9 +26,9 @@ from typing import Any
 import platformdirs
 import yaml
 
-from filerexec.spec import SpecError, parse_duration
+from filerexec import APP
+from filerexec.spec import MAX_JOB_BYTES, SpecError, parse_duration
 
-APP = "filerexec"
 CONFIG_VAR = "FILEREXEC_CONFIG"
 STATE_VAR = "FILEREXEC_STATE_DIR"
 DAY = 86400.0
@@ -54,28 +54,52 @@ def spool_state_dir(base: Path, spool: Path) -> Path:
     return base / "spools" / f"{tag}-{digest}"
 
 
+# The one table of defaults: Settings, the config keys (KEYS) and the machine's Timing
+# read it, so a default is changed in one place.
+DEFAULTS: dict[str, Any] = {
+    "poll": False,  # no filesystem events: rely on the rescan, every poll_interval
+    "rescan_interval": 10.0,
+    "poll_interval": 1.0,
+    "heartbeat_interval": 30.0,
+    "max_parallel": 16,
+    "delete_grace": 2.0,
+    "kill_grace": 5.0,
+    "settle": 1.0,  # a file written in place is read once it stayed still this long
+    "log_cap": 1024 * 1024,
+    "max_job_bytes": MAX_JOB_BYTES,
+    "retention": 7 * DAY,  # a deleted job's status and log are removed this long after
+    "require_signature": False,  # only signed jobs run (signing.py)
+    "allow": (),  # command patterns this host runs (policy.py); empty: any
+    "key_dir": None,  # trusted keys; None: keys/ beside the config file
+    "totp_window": 300.0,  # how old a phone's code may be when its job is read
+    "storm_starts": 5,  # more daemon starts than this within storm_window → safe mode
+    "storm_window": 120.0,
+}
+_D = DEFAULTS
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     spool: Path
     host: str
     state_dir: Path  # this spool's own state folder (ledger, lock, raw run output)
-    poll: bool = False  # no filesystem events: rely on the rescan, every poll_interval
-    rescan_interval: float = 10.0
-    poll_interval: float = 1.0
-    heartbeat_interval: float = 30.0
-    max_parallel: int = 16
-    delete_grace: float = 2.0
-    kill_grace: float = 5.0
-    settle: float = 1.0  # a file written in place is read once it stayed still this long
-    log_cap: int = 1024 * 1024
-    max_job_bytes: int = 64 * 1024
-    retention: float = 7 * DAY  # a deleted job's status and log are removed this long after
-    require_signature: bool = False  # only signed jobs run (signing.py)
-    allow: tuple[str, ...] = ()  # command patterns this host runs (policy.py); empty: any
-    key_dir: Path | None = None  # trusted keys; None: keys/ beside the config file
-    totp_window: float = 300.0  # how old a phone's code may be when its job is read
-    storm_starts: int = 5  # more daemon starts than this within storm_window → safe mode
-    storm_window: float = 120.0
+    poll: bool = _D["poll"]
+    rescan_interval: float = _D["rescan_interval"]
+    poll_interval: float = _D["poll_interval"]
+    heartbeat_interval: float = _D["heartbeat_interval"]
+    max_parallel: int = _D["max_parallel"]
+    delete_grace: float = _D["delete_grace"]
+    kill_grace: float = _D["kill_grace"]
+    settle: float = _D["settle"]
+    log_cap: int = _D["log_cap"]
+    max_job_bytes: int = _D["max_job_bytes"]
+    retention: float = _D["retention"]
+    require_signature: bool = _D["require_signature"]
+    allow: tuple[str, ...] = _D["allow"]
+    key_dir: Path | None = _D["key_dir"]
+    totp_window: float = _D["totp_window"]
+    storm_starts: int = _D["storm_starts"]
+    storm_window: float = _D["storm_window"]
 
     @property
     def jobs_dir(self) -> Path:
@@ -168,13 +192,17 @@ def _texts(value: object) -> tuple[str, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Key:
-    """One setting: how to read it, its default, and its command-line flag (if any)."""
+    """One setting: how to read it, its help, and its command-line flag (if any)."""
 
     name: str
     parse: Callable[[object], Any]
-    default: Any
     help: str
     flag: str | None = None
+
+    @property
+    def default(self) -> Any:
+        """From the one table of defaults (None: decided at run time, e.g. the host name)."""
+        return DEFAULTS.get(self.name)
 
     @property
     def metavar(self) -> str:
@@ -198,30 +226,30 @@ class Key:
 
 # The one list of settings. Names are an interface (DESIGN §7): keep them.
 KEYS: tuple[Key, ...] = (
-    Key("spool", _path, None, "the spool served when no SPOOL is given"),
-    Key("host", _text, None, "this host's name (default: the OS host name)", "--host"),
-    Key("state_dir", _path, None, "private state: ledger, lock, raw output", "--state-dir"),
-    Key("poll", _bool, False, "no file events (network shares): list jobs/ every second",
+    Key("spool", _path, "the spool served when no SPOOL is given"),
+    Key("host", _text, "this host's name (default: the OS host name)", "--host"),
+    Key("state_dir", _path, "private state: ledger, lock, raw output", "--state-dir"),
+    Key("poll", _bool, "no file events (network shares): list jobs/ every second",
         "--poll"),
-    Key("max_parallel", _positive_int, 16, "jobs running at once", "--max-parallel"),
-    Key("rescan_interval", _interval, 10.0, "full rescan of jobs/", "--rescan"),
-    Key("heartbeat_interval", _interval, 30.0, "host.yaml refresh", "--heartbeat"),
-    Key("delete_grace", _duration, 2.0, "a job file must stay absent this long to count "
+    Key("max_parallel", _positive_int, "jobs running at once", "--max-parallel"),
+    Key("rescan_interval", _interval, "full rescan of jobs/", "--rescan"),
+    Key("heartbeat_interval", _interval, "host.yaml refresh", "--heartbeat"),
+    Key("delete_grace", _duration, "a job file must stay absent this long to count "
         "as deleted", "--delete-grace"),
-    Key("kill_grace", _duration, 5.0, "TERM, then KILL after this long", "--kill-grace"),
-    Key("log_cap", parse_size, 1024 * 1024, "a job's log keeps its last this many bytes",
+    Key("kill_grace", _duration, "TERM, then KILL after this long", "--kill-grace"),
+    Key("log_cap", parse_size, "a job's log keeps its last this many bytes",
         "--log-cap"),
-    Key("retention", _duration, 7 * DAY, "a deleted job's status and log are removed after "
+    Key("retention", _duration, "a deleted job's status and log are removed after "
         "this long", "--retention"),
-    Key("require_signature", _bool, False, "run only signed jobs or jobs with a phone code",
+    Key("require_signature", _bool, "run only signed jobs or jobs with a phone code",
         "--require-signature"),
-    Key("allow", _texts, (), "run only command lines matching these wildcard patterns "
+    Key("allow", _texts, "run only command lines matching these wildcard patterns "
         "(README, Security); none: any", "--allow"),
-    Key("key_dir", _path, None, "trusted keys (default: keys/ beside the config file)"),
-    Key("totp_window", _duration, 300.0, "how old a phone's code may be when its job is read"),
-    Key("storm_starts", _positive_int, 5, "more daemon starts than this within storm_window "
+    Key("key_dir", _path, "trusted keys (default: keys/ beside the config file)"),
+    Key("totp_window", _duration, "how old a phone's code may be when its job is read"),
+    Key("storm_starts", _positive_int, "more daemon starts than this within storm_window "
         "mean safe mode (README, What happens when things fail)", "--storm-starts"),
-    Key("storm_window", _interval, 120.0, "see storm_starts", "--storm-window"),
+    Key("storm_window", _interval, "see storm_starts", "--storm-window"),
 )
 KEY_NAMES = tuple(k.name for k in KEYS)
 _BY_NAME = {k.name: k for k in KEYS}

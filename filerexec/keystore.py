@@ -19,11 +19,11 @@ from pathlib import Path
 
 import platformdirs
 
+from filerexec import APP
 from filerexec.signing import KEY_ID, Keyring
 
 logger = logging.getLogger(__name__)
 
-APP = "filerexec"
 _FILE = re.compile(r"(?P<id>[A-Za-z0-9._-]{1,64})\.(?P<kind>key|totp)")
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TypeAlias
 
+from filerexec.config import DEFAULTS
 from filerexec.spec import JobSpec
 
 
@@ -116,8 +117,8 @@ class Job:
 class Timing:
     """Grace periods, in seconds (configurable by the host's owner)."""
 
-    delete_grace: float = 2.0
-    kill_grace: float = 5.0
+    delete_grace: float = DEFAULTS["delete_grace"]
+    kill_grace: float = DEFAULTS["kill_grace"]
 
 
 # --- events -----------------------------------------------------------------
@@ -182,6 +183,14 @@ class Vanished:
 Event: TypeAlias = (
     FileRead | FileMissing | Tick | Launch | Spawned | SpawnFailed | Exited | Vanished
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """An event for one job, as the reconciler or a runner saw it (the job table applies it)."""
+
+    name: str
+    event: Event
 
 
 # --- actions ----------------------------------------------------------------
@@ -352,7 +361,7 @@ def _tick_waiting(job: Job, event: Event, timing: Timing) -> Result:
     assert isinstance(event, Tick)
     if _deletion_confirmed(job, event.now, timing):
         return _gone(job, event.now, "job file deleted before it could start"), _sweep(job)
-    if job.version and job.due and _expired(job.version, event.now):
+    if job.version and _passed(_expiry_due(job), event.now):
         return _expire(job, job.version), []
     return job, []
 
@@ -363,7 +372,7 @@ def _tick_running(job: Job, event: Event, timing: Timing) -> Result:
     if _deletion_confirmed(job, now, timing):
         job = replace(job, deleted=now, version=None, queued=None, missing_since=None)
         return _begin_kill(job, now, "job file deleted")
-    if run.timeout is not None and now - run.started >= run.timeout:
+    if run.timeout is not None and _passed(_timeout_due(job), now):
         return _begin_kill(job, now, f"timeout: ran longer than {_duration(run.timeout)}")
     return job, []
 
@@ -373,14 +382,58 @@ def _tick_stopping(job: Job, event: Event, timing: Timing) -> Result:
     now, kill, run = event.now, job.kill, job.run
     if _deletion_confirmed(job, now, timing):
         job = replace(job, deleted=now, version=None, queued=None, missing_since=None)
-    if not kill.escalated and now - kill.since >= timing.kill_grace:
+    if _passed(_escalation_due(job, timing), now):
         job = replace(job, kill=replace(kill, escalated=True))
         return job, [Signal(job.name, run, force=True)]
     return job, []
 
 
+# --- timers: when a Tick changes a job (the only copy of these rules) -----------
+
+
+def _deletion_due(job: Job, timing: Timing) -> float | None:
+    """A missing file counts as deleted once it stayed absent for the grace."""
+    return None if job.missing_since is None else job.missing_since + timing.delete_grace
+
+
+def _escalation_due(job: Job, timing: Timing) -> float | None:
+    """TERM was sent: KILL once the kill grace has passed."""
+    kill = job.kill
+    return None if kill is None or kill.escalated else kill.since + timing.kill_grace
+
+
+def _timeout_due(job: Job) -> float | None:
+    run = job.run
+    if not job.running or run is None or run.timeout is None:
+        return None
+    return run.started + run.timeout
+
+
+def _expiry_due(job: Job) -> float | None:
+    """A job waiting for a slot expires at its not_after time."""
+    spec = job.version.spec if job.version else None
+    if job.running or not job.due or spec is None or spec.not_after is None:
+        return None
+    return spec.not_after.timestamp()
+
+
+def next_due(job: Job, timing: Timing, now: float) -> float | None:
+    """When the loop must next give ``job`` a Tick; None if no timer of its is set.
+
+    The daemon asks this rather than knowing the rules: a timer added here wakes the
+    loop with no change elsewhere. A time at or before ``now`` means "tick it now".
+    """
+    times = (_deletion_due(job, timing), _escalation_due(job, timing), _timeout_due(job),
+             _expiry_due(job))
+    return min((t for t in times if t is not None), default=None)
+
+
+def _passed(due: float | None, now: float) -> bool:
+    return due is not None and now >= due
+
+
 def _deletion_confirmed(job: Job, now: float, timing: Timing) -> bool:
-    return job.missing_since is not None and now - job.missing_since >= timing.delete_grace
+    return _passed(_deletion_due(job, timing), now)
 
 
 def _gone(job: Job, now: float, reason: str | None) -> Job:

@@ -15,9 +15,9 @@ from typing import Any
 import yaml
 
 from filerexec.names import job_name
+from filerexec.safefile import atomic_write
 from filerexec.spec import KEYS, SpecError, parse_job
 from filerexec.spool import scan
-from filerexec.status import atomic_write
 
 SEED_KEYS = ("commands", "operation", "stdout", "stderr")
 

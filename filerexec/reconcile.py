@@ -5,22 +5,30 @@ arrived complete. A file is read only when its stat changed, and only once it
 is complete (moved into place, closed, or still for ``settle`` seconds). What
 it reads becomes a `Version` (valid, invalid, rejected, not ready, or for other
 hosts) in a ``FileRead`` event; a job whose file is gone gets ``FileMissing``.
-The daemon owns the jobs and applies the events; this module owns what was
-seen of the folder.
+It returns what it observed and never changes a job: the job table applies the
+events. This module owns what was seen of the folder.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from filerexec.admission import Verdict
 from filerexec.config import Settings
 from filerexec.ledger import FileKey
-from filerexec.machine import Event, FileMissing, FileRead, Job, Phase, Readiness, Version, phase
-from filerexec.signing import Rejected
-from filerexec.spec import JobSpec, SpecError
+from filerexec.machine import (
+    FileMissing,
+    FileRead,
+    Job,
+    Observed,
+    Phase,
+    Readiness,
+    Version,
+    phase,
+)
+from filerexec.spec import JobSpec
 from filerexec.spool import (
     FileStat,
     Listing,
@@ -34,8 +42,15 @@ from filerexec.watch import Hint
 
 logger = logging.getLogger(__name__)
 
-Admit = Callable[[str, bytes, float], JobSpec]  # parse (and authenticate) a file's bytes
-Apply = Callable[[str, Event], object]
+Admit = Callable[[str, bytes, float], Verdict]  # what a file's bytes are (admission.py)
+
+
+@dataclass(slots=True)
+class Observations:
+    """What one look at ``jobs/`` found: events for the job table, statuses to rewrite."""
+
+    events: list[Observed] = field(default_factory=list)
+    restatus: set[str] = field(default_factory=set)  # jobs whose conflicted copies changed
 
 
 @dataclass(slots=True)
@@ -49,18 +64,15 @@ class _Unsettled:
 class Reconciler:
     """Compares listings of ``jobs/`` with what was read before, and reports the difference."""
 
-    def __init__(self, settings: Settings, jobs: Mapping[str, Job], apply: Apply,
-                 admit: Admit) -> None:
+    def __init__(self, settings: Settings, jobs: Mapping[str, Job], admit: Admit) -> None:
         self.settings = settings
-        self.jobs = jobs  # the daemon's jobs, read only
-        self.apply = apply
+        self.jobs = jobs  # the job table's jobs, read only
         self.admit = admit
         self.conflicts: dict[str, list[str]] = {}  # job → its conflicted copies
         self.refused: dict[str, str] = {}  # files under jobs/ whose names cannot be jobs
         self.spool_available = True
         self.last_scan: float | None = None
         self.known: dict[str, FileKey] = {}  # stat key of each file read
-        self.changed_conflicts: set[str] = set()  # jobs whose status must show new copies
         self._unsettled: dict[str, _Unsettled] = {}
         self._listing: Listing | None = None  # the last full listing
         self._seen: dict[str, tuple[str, float]] = {}  # job → (digest, first seen), ledger
@@ -78,41 +90,39 @@ class Reconciler:
     def settle_due(self, now: float) -> bool:
         return any(now >= t for t in self.settling)
 
-    def reconcile(self, now: float, hints: dict[str, Hint]) -> bool:
-        """List ``jobs/`` and act on the difference; True if host.yaml has news to show."""
+    def reconcile(self, now: float, hints: dict[str, Hint]) -> Observations:
+        """List ``jobs/`` and report the difference with what was seen before."""
         listing = scan(self.settings.jobs_dir)
         self.last_scan = now
-        news = False
+        seen = Observations()
         if (listing is not None) != self.spool_available:
             self.spool_available = listing is not None
-            news = True
             if listing is None:
                 logger.warning("spool unavailable: %s is missing; no job is touched",
                                self.settings.jobs_dir)
             else:
                 logger.info("spool available again: %s", self.settings.jobs_dir)
         if listing is None:
-            return news
+            return seen
         self._listing = listing
-        self._update_conflicts(listing)
+        seen.restatus = self._update_conflicts(listing)
         if listing.refused != self.refused:
             for rel in listing.refused.keys() - self.refused.keys():
                 logger.warning("%r: %s", rel, listing.refused[rel])
             self.refused = dict(listing.refused)
-            news = True
         for name, info in listing.jobs.items():
-            self._consider(name, info, now, hints.get(info.where))
+            self._consider(name, info, now, hints.get(info.where), seen.events)
         for name in list(self.jobs):
             if name not in listing.jobs:
                 self.known.pop(name, None)
                 self._unsettled.pop(name, None)
                 if self.jobs[name].deleted is None:
-                    self.apply(name, FileMissing(now))
+                    seen.events.append(Observed(name, FileMissing(now)))
         self._restored = {}  # only the first listing after the start may use them
-        return news
+        return seen
 
-    def fast(self, now: float, hints: dict[str, Hint]) -> bool:
-        """Act on files that arrived complete before listing all of jobs/; True if any.
+    def fast(self, now: float, hints: dict[str, Hint]) -> list[Observed]:
+        """Read files that arrived complete before listing all of jobs/; what they are.
 
         Listing 10,000 files takes ~45 ms, all of it added to a job's start. A file moved
         into place decides its job alone when the last listing knew no other file for that
@@ -120,9 +130,9 @@ class Reconciler:
         follows in the same step either way (events stay hints; the listing is the truth).
         """
         listing = self._listing
+        events: list[Observed] = []
         if listing is None or self._restored:
-            return False
-        acted = False
+            return events
         for path, hint in hints.items():
             found = stat_file(self.settings.jobs_dir, path) if hint is Hint.COMPLETE else None
             if found is None:
@@ -132,11 +142,11 @@ class Reconciler:
             if (known is not None and known.where != info.where) or name in listing.conflicts:
                 continue
             listing.jobs[name] = info
-            self._consider(name, info, now, hint)
-            acted = True
-        return acted
+            self._consider(name, info, now, hint, events)
+        return events
 
-    def _consider(self, name: str, info: FileStat, now: float, hint: Hint | None) -> None:
+    def _consider(self, name: str, info: FileStat, now: float, hint: Hint | None,
+                  events: list[Observed]) -> None:
         """Read the job's file if its stat changed (and it is complete); feed the machine."""
         if self.known.get(name) == info.key:
             return
@@ -149,7 +159,7 @@ class Reconciler:
         version = self._read(name, info, now)
         if version.readiness is Readiness.OTHER_HOST and name not in self.jobs:
             return  # none of this host's business
-        self.apply(name, FileRead(version, now))
+        events.append(Observed(name, FileRead(version, now)))
 
     def _unchanged_since_restart(self, name: str, info: FileStat) -> bool:
         """A finished job whose file is still the very file (stat key) of the version it ran.
@@ -190,20 +200,14 @@ class Reconciler:
             problem = str(e) if isinstance(e, NotReady) else f"waiting for the sync client: {e}"
             self.known.pop(name, None)  # retry on the next rescan
             return Version(Readiness.NOT_READY, problem=problem, mtime=mtime, seen=now)
-        try:
-            spec = self.admit(name, data, now)
-        except Rejected as e:
-            logger.warning("job %s rejected: %s", name, e)
-            return Version(Readiness.REJECTED, problem=str(e), mtime=mtime, seen=now)
-        except SpecError as e:
-            return Version(Readiness.INVALID, problem=str(e), mtime=mtime, seen=now)
-        except (sqlite3.Error, OSError) as e:  # replay memory unwritable: decide later
-            self.known.pop(name, None)
-            return Version(Readiness.NOT_READY, mtime=mtime, seen=now,
-                           problem=f"cannot check its signature yet (the ledger: {e})")
-        if not spec.targets(self.settings.host):
-            return Version(Readiness.OTHER_HOST, spec, mtime=mtime, seen=now)
-        return Version(Readiness.VALID, spec, mtime=mtime, seen=self._first_seen(name, spec, now))
+        verdict = self.admit(name, data, now)
+        if verdict.readiness is Readiness.NOT_READY:
+            self.known.pop(name, None)  # not decided yet: read it again on the next rescan
+        if verdict.readiness is Readiness.VALID and verdict.spec is not None:
+            seen = self._first_seen(name, verdict.spec, now)
+        else:
+            seen = now
+        return Version(verdict.readiness, verdict.spec, verdict.problem, mtime=mtime, seen=seen)
 
     def _first_seen(self, name: str, spec: JobSpec, now: float) -> float:
         """A touch or an identical re-delivery keeps the time this version was first seen."""
@@ -217,7 +221,9 @@ class Reconciler:
                 return seen
         return now
 
-    def _update_conflicts(self, listing: Listing) -> None:
+    def _update_conflicts(self, listing: Listing) -> set[str]:
+        """Remember each job's conflicted copies; the jobs whose copies changed."""
+        changed = set()
         for name in set(self.conflicts) | set(listing.conflicts):
             new = sorted(listing.conflicts.get(name, []))
             if self.conflicts.get(name, []) != new:
@@ -226,7 +232,8 @@ class Reconciler:
                 else:
                     self.conflicts.pop(name, None)
                 if name in self.jobs:
-                    self.changed_conflicts.add(name)
+                    changed.add(name)
                     self._restored.pop(name, None)  # read it: its status is rewritten
                 if new:
                     logger.info("conflicted copies of %s never run: %s", name, ", ".join(new))
+        return changed

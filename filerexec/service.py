@@ -24,8 +24,8 @@ from pathlib import Path, PureWindowsPath
 from typing import TypeAlias
 from xml.sax.saxutils import escape
 
-from filerexec import process
-from filerexec.config import APP, STATE_VAR, Effective
+from filerexec import APP, process
+from filerexec.config import STATE_VAR, Effective
 
 PLATFORMS = ("systemd", "launchd", "windows")
 _BARE_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"

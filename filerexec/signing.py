@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from filerexec import APP
 from filerexec.policy import policy_problem
 from filerexec.spec import JobSpec, SpecError, parse_job
 
@@ -172,7 +173,7 @@ def _totp_token(code: str, keys: Mapping[str, bytes], now: float, window: float,
                    "code in (sync may have taken too long)")
 
 
-def otpauth_uri(secret: bytes, account: str, issuer: str = "filerexec") -> str:
+def otpauth_uri(secret: bytes, account: str, issuer: str = APP) -> str:
     """What an authenticator app scans: ``otpauth://totp/ISSUER:ACCOUNT?secret=…``."""
     label = urllib.parse.quote(f"{issuer}:{account}")
     # SHA1, 6 digits, 30 s are the defaults every app assumes: left out, the QR code is smaller.

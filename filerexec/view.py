@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from filerexec.status import split_log
+from filerexec.render import split_log
 
 FOLLOW_INTERVAL = 0.5  # seconds between looks at a followed log
 

@@ -16,7 +16,8 @@ import pytest
 
 from filerexec import process
 from filerexec.config import Settings
-from filerexec.daemon import CRASH_BEFORE_SPAWN_VAR, Daemon
+from filerexec.daemon import Daemon
+from filerexec.runner import CRASH_BEFORE_SPAWN_VAR
 from tests.conftest import Host, pid_alive
 from tests.test_daemon import started_runs
 from tests.test_model import FakeProcs

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from filerexec import __version__, cli
-from filerexec.status import atomic_write
+from filerexec.safefile import atomic_write
 from filerexec.view import NotFound, find_log, new_output
 from tests.util import wait_for
 

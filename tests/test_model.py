@@ -32,7 +32,7 @@ from filerexec import process
 from filerexec.config import Settings
 from filerexec.daemon import Daemon
 from filerexec.spec import parse_job
-from filerexec.status import StatusWriter
+from filerexec.writer import StatusDir, StatusWriter
 
 NAMES = ("a", "b", "c")
 TERM_CODE = 128 + 15
@@ -179,9 +179,10 @@ class DaemonModel(RuleBasedStateMachine):
     # --- the world ------------------------------------------------------------
 
     def _open(self) -> Daemon:
-        daemon = Daemon(self.settings, clock=lambda: self.now, procs=self.procs)
         # Status files written inline: a crash while writing one kills the whole daemon.
-        daemon.writer = StatusWriter(daemon.status, self.settings.log_cap, inline=True)
+        writer = StatusWriter(StatusDir(self.settings.spool, self.settings.host),
+                              self.settings.log_cap, inline=True)
+        daemon = Daemon(self.settings, clock=lambda: self.now, procs=self.procs, writer=writer)
         write_job = daemon.status.write_job
 
         def crashing_write_job(*args: Any, **kwargs: Any) -> None:
@@ -195,10 +196,9 @@ class DaemonModel(RuleBasedStateMachine):
 
     def _drop_daemon(self) -> None:
         """What the kernel does when the daemon process dies: its lock and files close."""
-        if self.daemon._ledger is not None:
-            self.daemon._ledger.close()
-        if self.daemon._lock is not None:
-            self.daemon._lock.release()
+        if self.daemon.ledger is not None:
+            self.daemon.ledger.close()
+        self.daemon.lifecycle.release()
 
     def _step(self, dt: float) -> None:
         self.now += dt
@@ -228,8 +228,8 @@ class DaemonModel(RuleBasedStateMachine):
         os.replace(tmp, target)
 
     def _runs(self) -> list[dict[str, Any]]:
-        assert self.daemon._ledger is not None
-        return self.daemon._ledger.runs()
+        assert self.daemon.ledger is not None
+        return self.daemon.ledger.runs()
 
     # --- rules ------------------------------------------------------------------
 

@@ -12,15 +12,16 @@ import pytest
 import yaml
 from watchdog.events import FileCreatedEvent, FileMovedEvent
 
-from filerexec import daemon as daemon_module
 from filerexec import reconcile as reconcile_module
+from filerexec import runner as runner_module
 from filerexec.config import Settings
 from filerexec.daemon import Daemon
 from filerexec.ledger import Ledger
 from filerexec.machine import Job, Readiness, State, Version
+from filerexec.render import render_index
 from filerexec.spec import parse_job
-from filerexec.status import StatusDir, StatusWriter, render_index
 from filerexec.watch import Hint, Hints, Watcher, _Handler
+from filerexec.writer import StatusDir, StatusWriter
 from tests.conftest import Host
 from tests.util import wait_for
 
@@ -180,9 +181,9 @@ def test_restart_reads_only_files_changed_since_a_clean_stop(
         first.close()
     else:  # killed: some status files may never have been written
         first.writer.close()
-        assert first._ledger is not None and first._lock is not None
-        first._ledger.close()
-        first._lock.release()
+        assert first.ledger is not None
+        first.ledger.close()
+        first.lifecycle.release()
     (spool / "jobs" / "b.yaml").write_text("commands: echo b2\n")
     read: list[str] = []
     real = reconcile_module.read_job_file
@@ -203,10 +204,10 @@ def test_moved_in_file_starts_before_jobs_is_listed_unless_another_file_names_it
     daemon.open()
     daemon.run(threading.Event(), once=True)  # the first listing; b has run
     order: list[str] = []
-    real_scan, real_spawn = reconcile_module.scan, daemon_module.process.spawn
+    real_scan, real_spawn = reconcile_module.scan, runner_module.process.spawn
     monkeypatch.setattr(reconcile_module, "scan",
                         lambda d: order.append("scan") or real_scan(d))
-    monkeypatch.setattr(daemon_module.process, "spawn",
+    monkeypatch.setattr(runner_module.process, "spawn",
                         lambda launch: order.append("spawn") or real_spawn(launch))
 
     def deliver(name: str) -> None:

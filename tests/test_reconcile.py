@@ -6,27 +6,34 @@ import os
 import sqlite3
 from pathlib import Path
 
+from filerexec.admission import Admission, Verdict
 from filerexec.config import Settings
-from filerexec.machine import Event, FileMissing, FileRead, Job, Readiness
-from filerexec.reconcile import Reconciler
-from filerexec.spec import JobSpec, parse_job
+from filerexec.machine import FileMissing, FileRead, Job, Observed, Readiness
+from filerexec.reconcile import Admit, Reconciler
+from filerexec.signing import sign
+from filerexec.spec import parse_job
 
 
-def make(tmp_path: Path, admit: object = None) -> tuple[Reconciler, list[tuple[str, Event]]]:
+class Recorder:
+    """The reconciler's observations, applied as the job table would (a job per name)."""
+
+    def __init__(self, rec: Reconciler, jobs: dict[str, Job]) -> None:
+        self.rec, self.jobs = rec, jobs
+        self.events: list[Observed] = []
+
+    def reconcile(self, now: float) -> None:
+        for seen in self.rec.reconcile(now, {}).events:
+            self.events.append(seen)
+            self.jobs.setdefault(seen.name, Job(seen.name))
+
+
+def make(tmp_path: Path, admit: Admit | None = None) -> tuple[Reconciler, Recorder]:
     spool = tmp_path / "spool"
     (spool / "jobs").mkdir(parents=True)
     settings = Settings(spool=spool, host="h", state_dir=tmp_path / "state")
-    events: list[tuple[str, Event]] = []
     jobs: dict[str, Job] = {}
-
-    def apply(name: str, event: Event) -> None:
-        events.append((name, event))
-        jobs.setdefault(name, Job(name))
-
-    def parse(name: str, data: bytes, now: float) -> JobSpec:
-        return parse_job(data, name)
-
-    return Reconciler(settings, jobs, apply, admit or parse), events  # type: ignore[arg-type]
+    rec = Reconciler(settings, jobs, admit or Admission(settings, tmp_path / "keys", None))
+    return rec, Recorder(rec, jobs)
 
 
 T = 2e9  # "now" in these tests; files are dated long before
@@ -38,44 +45,66 @@ def write_old(path: Path, text: str) -> None:
 
 
 def test_reads_only_what_changed_and_reports_missing(tmp_path: Path) -> None:
-    rec, events = make(tmp_path)
+    rec, seen = make(tmp_path)
     jobs = rec.settings.jobs_dir
     write_old(jobs / "a.yaml", "commands: ls\n")
-    rec.reconcile(T + 0, {})
-    [(name, event)] = events
-    assert name == "a" and isinstance(event, FileRead)
-    assert event.version.readiness is Readiness.VALID
-    rec.reconcile(T + 1, {})
-    assert len(events) == 1  # unchanged stat: not read again
+    seen.reconcile(T + 0)
+    [observed] = seen.events
+    assert observed.name == "a" and isinstance(observed.event, FileRead)
+    assert observed.event.version.readiness is Readiness.VALID
+    seen.reconcile(T + 1)
+    assert len(seen.events) == 1  # unchanged stat: not read again
     (jobs / "a.yaml").unlink()
-    rec.reconcile(T + 2, {})
-    assert isinstance(events[-1][1], FileMissing)
+    seen.reconcile(T + 2)
+    assert isinstance(seen.events[-1].event, FileMissing)
 
 
-def test_unwritable_replay_memory_means_not_ready_and_a_retry(tmp_path: Path) -> None:
+def test_an_undecided_verdict_is_read_again(tmp_path: Path) -> None:
     calls = []
 
-    def admit(name: str, data: bytes, now: float) -> JobSpec:
+    def admit(name: str, data: bytes, now: float) -> Verdict:
         calls.append(now)
         if len(calls) == 1:
-            raise sqlite3.OperationalError("database or disk is full")
-        return parse_job(data, name)
+            return Verdict(Readiness.NOT_READY, problem="cannot check its signature yet")
+        return Verdict(Readiness.VALID, parse_job(data, name))
 
-    rec, events = make(tmp_path, admit)
+    rec, seen = make(tmp_path, admit)
     write_old(rec.settings.jobs_dir / "s.yaml", "commands: ls\n")
-    rec.reconcile(T + 0, {})
-    first = events[-1][1]
+    seen.reconcile(T + 0)
+    first = seen.events[-1].event
     assert isinstance(first, FileRead) and first.version.readiness is Readiness.NOT_READY
-    assert "ledger" in (first.version.problem or "")
-    rec.reconcile(T + 1, {})  # same stat, but not read successfully yet: read again
-    second = events[-1][1]
+    seen.reconcile(T + 1)  # same stat, but not decided yet: read again
+    second = seen.events[-1].event
     assert isinstance(second, FileRead) and second.version.readiness is Readiness.VALID
 
 
-def test_missing_jobs_folder_is_news_not_missing_files(tmp_path: Path) -> None:
-    rec, events = make(tmp_path)
+def test_unwritable_replay_memory_means_not_ready(tmp_path: Path) -> None:
+    class FullStore:
+        def token_used(self, token: str) -> bool:
+            return False
+
+        def accepted(self, job: str) -> tuple[str, str] | None:
+            return None
+
+        def accept(self, job: str, token: str, fingerprint: str, now: float) -> None:
+            raise sqlite3.OperationalError("database or disk is full")
+
+    settings = Settings(spool=tmp_path, host="h", state_dir=tmp_path / "state",
+                        require_signature=True)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    secret = b"k" * 32
+    (keys / "laptop.key").write_text(secret.hex())
+    signed = sign(b"commands: ls\n", "s", "laptop", secret, "n1")
+    verdict = Admission(settings, keys, FullStore())("s", signed, T)
+    assert verdict.readiness is Readiness.NOT_READY and "ledger" in (verdict.problem or "")
+
+
+def test_missing_jobs_folder_is_unavailable_not_missing_files(tmp_path: Path) -> None:
+    rec, seen = make(tmp_path)
     write_old(rec.settings.jobs_dir / "a.yaml", "commands: ls\n")
-    rec.reconcile(T + 0, {})
+    seen.reconcile(T + 0)
     os.rename(rec.settings.jobs_dir, tmp_path / "aside")
-    assert rec.reconcile(T + 1, {}) is True and not rec.spool_available
-    assert not any(isinstance(e, FileMissing) for _, e in events)
+    seen.reconcile(T + 1)
+    assert not rec.spool_available
+    assert not any(isinstance(e.event, FileMissing) for e in seen.events)

@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from filerexec import cli, keystore
-from filerexec import status as status_module
+from filerexec import cli, keystore, safefile
 from filerexec.config import Settings
 from filerexec.daemon import Daemon
 from filerexec.machine import Job, State
 from filerexec.names import Kind, classify
+from filerexec.render import job_status
 from filerexec.signing import sign, totp
 from filerexec.spool import scan
-from filerexec.status import StatusDir, job_status
+from filerexec.writer import StatusDir
 from tests.conftest import Host
 from tests.util import wait_for
 
@@ -137,7 +137,7 @@ def test_status_paths_are_built_only_from_safe_names(tmp_path: Path, name: str) 
 @pytest.mark.parametrize("dir_fd", [True, False])  # False: the path check Windows uses
 def test_status_writes_and_removals_never_pass_through_a_link(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dir_fd: bool) -> None:
-    monkeypatch.setattr(status_module, "_DIR_FD", dir_fd)
+    monkeypatch.setattr(safefile, "_DIR_FD", dir_fd)
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "db.yaml").write_text("precious")

@@ -20,9 +20,9 @@ from typing import Any, cast
 import pytest
 
 from filerexec.machine import Job, Readiness, Run, State, Version
+from filerexec.render import delays, timestamp
 from filerexec.spec import parse_job
 from filerexec.spool import FileStat, NotReady, is_placeholder, read_job_file
-from filerexec.status import delays, timestamp
 from tests.conftest import Host
 from tests.test_daemon import started_runs
 from tests.util import wait_for

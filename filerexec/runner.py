@@ -1,0 +1,249 @@
+"""The executor seam: how runs are started, signalled, watched and found again.
+
+A `Runner` turns the machine's actions into processes (or, later, cluster jobs) and
+reports what it sees as events (`Observed`): ``Spawned``, ``SpawnFailed``,
+``Exited``, ``Vanished``. It never touches the job table; the daemon applies what it
+reports. `LocalRunner` runs jobs on this host through process.py (or a test's fake
+process API): each run's raw output and exit code live in ``STATE/runs/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import secrets
+import threading
+from collections.abc import Callable, Collection, Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from filerexec import process
+from filerexec.machine import (
+    Exited,
+    Observed,
+    Run,
+    Signal,
+    Spawned,
+    SpawnFailed,
+    Start,
+    Vanished,
+)
+
+logger = logging.getLogger(__name__)
+
+ADOPTED_POLL = 1.0  # how often a run this daemon did not spawn (adopted) is checked
+# Test hook: with this set, the daemon dies right after committing "starting" and before
+# the spawn, the narrowest crash window there is (tests/test_crash.py).
+CRASH_BEFORE_SPAWN_VAR = "FILEREXEC_TEST_CRASH_BEFORE_SPAWN"
+VANISHED_WHILE_STARTING = "the daemon stopped while starting it; it is not run again"
+
+
+class Runner(Protocol):
+    """What the daemon needs of an executor (local processes, a cluster scheduler)."""
+
+    def open(self) -> None:
+        """Prepare (folders, environment) before the first launch or adoption."""
+
+    def launch(self, starts: Sequence[Start], now: float) -> list[Observed]:
+        """Start each run; never raises: a run that cannot start is a ``SpawnFailed``."""
+
+    def signal(self, action: Signal) -> None:
+        """TERM (or, with ``action.force``, KILL) the run's whole tree."""
+
+    def poll(self, running: Iterable[tuple[str, Run]], now: float) -> list[Observed]:
+        """What became of the running runs (``name``, ``run``): exits, vanishings, finds."""
+
+    def adopt(self, running: Iterable[tuple[str, Run]], now: float) -> list[Observed]:
+        """After a restart: each run found alive, or what became of it."""
+
+    def sweep(self, run_ids: Collection[str]) -> None:
+        """Kill whatever still carries one of these finished runs' marks."""
+
+    def output_path(self, run_id: str) -> Path:
+        """The run's raw output (what its synced log is copied from)."""
+
+    def run_files(self, run_id: str) -> list[Path]:
+        """Every file the run left, to delete once its result is published."""
+
+    @property
+    def busy(self) -> bool:
+        """True while a run this runner started is still being waited for."""
+
+    def next_due(self, running: Iterable[tuple[str, Run]]) -> float | None:
+        """When ``poll`` must run again for runs that no event will announce."""
+
+
+def new_run_id(now: float) -> str:
+    """A run id unique per run, readable: when it started, plus randomness."""
+    stamp = datetime.fromtimestamp(now).strftime("%Y%m%dT%H%M%S")
+    return f"{stamp}-{secrets.token_hex(4)}"
+
+
+class LocalRunner:
+    """Runs on this host: a process group per run, its output straight into a file."""
+
+    def __init__(self, runs_dir: Path, host: str, wake: Callable[[], None],
+                 procs: process.Api = process) -> None:
+        self.runs_dir = runs_dir
+        self.host = host
+        self.procs = procs  # the process API: the real module, or a test's fake
+        self._wake = wake
+        self._children: dict[str, process.Started] = {}  # run id → child we spawned
+        self._waiters = _Waiters(self._wait_child)
+        self._next_adopted_poll = 0.0
+
+    def open(self) -> None:
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        # A daemon started from inside a job must not carry that job's mark.
+        os.environ.pop(process.RUN_ID_VAR, None)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._children)
+
+    def output_path(self, run_id: str) -> Path:
+        return self.runs_dir / f"{run_id}.out"
+
+    def exit_path(self, run_id: str) -> Path:
+        return self.runs_dir / f"{run_id}.exit"
+
+    def run_files(self, run_id: str) -> list[Path]:
+        return [self.output_path(run_id), self.exit_path(run_id)]
+
+    # --- starting and signalling ----------------------------------------------------
+
+    def launch(self, starts: Sequence[Start], now: float) -> list[Observed]:
+        return [self._start(start, now) for start in starts]
+
+    def _start(self, action: Start, now: float) -> Observed:
+        spec, run_id = action.spec, action.run_id
+        env = {**dict(spec.env), "FILEREXEC_JOB": action.name, "FILEREXEC_HOST": self.host}
+        launch = process.Launch(
+            run_id=run_id, commands=spec.commands, shell=spec.shell, cwd=spec.cwd, env=env,
+            stdout=spec.stdout, stderr=spec.stderr,
+            output_path=self.output_path(run_id), exit_path=self.exit_path(run_id),
+        )
+        if os.environ.get(CRASH_BEFORE_SPAWN_VAR):
+            logger.error("test hook %s: dying before the spawn", CRASH_BEFORE_SPAWN_VAR)
+            os._exit(70)
+        try:
+            child = self.procs.spawn(launch)
+        except Exception as e:
+            # SpawnError says it in words; anything else (a NUL in a command is a
+            # ValueError) is still this one run's failure, never the loop's.
+            message = str(e) if isinstance(e, process.SpawnError) else f"{type(e).__name__}: {e}"
+            logger.warning("job %s could not start: %s", action.name, message)
+            return Observed(action.name, SpawnFailed(message, now))
+        logger.info("job %s started (run %s, pid %d)", action.name, run_id, child.handle.pid)
+        self._children[run_id] = child
+        self._waiters.submit(run_id, child)
+        return Observed(action.name, Spawned(child.handle.pid, child.handle.create_time))
+
+    def _wait_child(self, run_id: str, child: process.Started) -> None:
+        child.wait()  # only to wake the loop at once; poll reads the code
+        self._wake()
+
+    def signal(self, action: Signal) -> None:
+        run = action.run
+        if run.pid is None or run.create_time is None:
+            return
+        handle = process.Handle(run.pid, run.create_time)
+        logger.info("job %s: %s (run %s)", action.name,
+                    "KILL after the grace period" if action.force else "TERM", run.run_id)
+        if action.force:
+            self.procs.kill(handle, run.run_id)
+        else:
+            self.procs.terminate(handle, run.run_id)
+
+    def sweep(self, run_ids: Collection[str]) -> None:
+        if run_ids:
+            self.procs.sweep(run_ids)
+
+    # --- exits and adoption ---------------------------------------------------------
+
+    def poll(self, running: Iterable[tuple[str, Run]], now: float) -> list[Observed]:
+        runs = list(running)
+        by_run = {run.run_id: name for name, run in runs}
+        seen: list[Observed] = []
+        ended = set()
+        for run_id, child in list(self._children.items()):
+            code = child.poll()  # the waiter thread only wakes the loop: polling is the truth
+            if code is None:
+                continue
+            del self._children[run_id]
+            ended.add(run_id)
+            recorded = self.procs.read_exit(self.exit_path(run_id))
+            name = by_run.get(run_id)
+            if name is not None:
+                seen.append(Observed(name, Exited(recorded if recorded is not None else code,
+                                                  now)))
+        if now >= self._next_adopted_poll:
+            self._next_adopted_poll = now + ADOPTED_POLL
+            others = [(n, r) for n, r in runs
+                      if r.run_id not in self._children and r.run_id not in ended]
+            seen.extend(self.adopt(others, now))
+        return seen
+
+    def adopt(self, running: Iterable[tuple[str, Run]], now: float) -> list[Observed]:
+        seen = []
+        for name, run in running:
+            event = self._check_adopted(name, run, now)
+            if event is not None:
+                seen.append(event)
+        return seen
+
+    def _check_adopted(self, name: str, run: Run, now: float) -> Observed | None:
+        """A run this daemon did not spawn: alive (same pid and start time), exited, or lost."""
+        if run.pid is None:  # the daemon died between the spawn and recording the pid
+            found = self.procs.find(run.run_id)
+            if found is not None:
+                logger.info("job %s: found run %s (pid %d) started just before the daemon "
+                            "stopped", name, run.run_id, found.pid)
+                return Observed(name, Spawned(found.pid, found.create_time))
+        elif run.create_time is not None and self.procs.alive(
+                process.Handle(run.pid, run.create_time)):
+            return None
+        code = self.procs.read_exit(self.exit_path(run.run_id))
+        if code is None and run.pid is None:
+            return Observed(name, Vanished(now, VANISHED_WHILE_STARTING))
+        return Observed(name, Exited(code, now) if code is not None else Vanished(now))
+
+    def next_due(self, running: Iterable[tuple[str, Run]]) -> float | None:
+        adopted = any(run.run_id not in self._children for _, run in running)
+        return self._next_adopted_poll if adopted else None
+
+
+class _Waiters:
+    """Daemon threads that each block in one child's wait, reused for the next child.
+
+    Starting a thread per job cost ~1 ms of the loop's time in a burst; a pool of
+    reusable *daemon* threads (concurrent.futures' are joined at exit, which would
+    keep a stopping daemon alive until its jobs end) grows to the number of jobs
+    running at once.
+    """
+
+    def __init__(self, wait: Callable[[str, process.Started], None]) -> None:
+        self._wait = wait
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._queue: queue.SimpleQueue[tuple[str, process.Started]] = queue.SimpleQueue()
+
+    def submit(self, run_id: str, child: process.Started) -> None:
+        with self._lock:
+            reuse = self._idle > 0
+            if reuse:
+                self._idle -= 1  # reserved: exactly one idle thread takes this item
+        if reuse:
+            self._queue.put((run_id, child))
+        else:
+            threading.Thread(target=self._work, args=(run_id, child), daemon=True,
+                             name="wait-child").start()
+
+    def _work(self, run_id: str, child: process.Started) -> None:
+        while True:
+            self._wait(run_id, child)
+            with self._lock:
+                self._idle += 1
+            run_id, child = self._queue.get()

@@ -1,0 +1,262 @@
+"""The status writer: ``status/HOST/`` written on a thread of its own.
+
+``StatusDir`` is the folder of one host and how each file in it is written (always
+through safefile: atomic, never through a link); ``StatusWriter`` queues requests
+and writes them off the daemon's loop, so the loop never waits for fsync.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filerexec.machine import Job
+from filerexec.names import job_name
+from filerexec.render import dump_yaml, job_status, log_tail, render_index
+from filerexec.safefile import atomic_write, holds, remove_below
+
+logger = logging.getLogger(__name__)
+
+
+class StatusDir:
+    """The folder ``status/HOST/`` of one host: the only place it writes to."""
+
+    def __init__(self, spool: Path, host: str) -> None:
+        self.root = spool / "status" / host
+        self.host = host
+        self.spool = spool  # trusted; everything below it is synced and may hold links
+        self._index_rows: dict[str, tuple[Job, float, str]] = {}
+
+    def job_path(self, name: str) -> Path:
+        return self.root / f"{_checked(name)}.yaml"
+
+    def log_path(self, name: str) -> Path:
+        return self.root / f"{_checked(name)}.log"
+
+    def write_job(self, job: Job, conflicts: Iterable[str] = ()) -> bool:
+        """Write the job's status unless the file already says exactly that; True if written.
+
+        Comparing first makes a restart cheap: it rebuilds every status from the ledger and
+        the job files, and rewriting (and fsyncing) 10,000 identical files would take seconds.
+        """
+        path = self.job_path(job.name)
+        data = dump_yaml(job_status(job, self.host, conflicts))
+        if holds(path, data):
+            return False
+        atomic_write(path, data, self.spool)
+        return True
+
+    def write_index(self, jobs: Iterable[Job], now: float) -> None:
+        atomic_write(self.root / "index.md",
+                     render_index(jobs, self.host, now, self._index_rows).encode(), self.spool)
+
+    def write_host(self, doc: Mapping[str, Any]) -> None:
+        atomic_write(self.root / "host.yaml", dump_yaml(doc), self.spool)
+
+    def publish_log(self, name: str, output: Path, cap: int) -> None:
+        """Copy the last ``cap`` bytes of a run's raw output into the synced log."""
+        try:
+            with open(output, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - cap))
+                tail = f.read(cap)
+        except FileNotFoundError:
+            size, tail = 0, b""
+        tail = log_tail(tail, size, cap)
+        # An error goes up to the writer, which keeps the run's output and retries: a log
+        # lost here would be lost for good once the status is written.
+        atomic_write(self.log_path(name), tail, self.spool)
+
+    def remove_job(self, name: str) -> None:
+        """Remove a job's status and log (the retention period of a deleted job is over)."""
+        for path in (self.job_path(name), self.log_path(name)):
+            remove_below(self.spool, path)
+
+
+def _checked(name: str) -> str:
+    """A job name that is safe below status/HOST/ (names.py decides), or ValueError.
+
+    The reconciler only ever makes jobs of such names; checking again where the path is
+    built means no other way in (an old ledger, a future caller) can write elsewhere.
+    """
+    if job_name(f"{name}.yaml") != name:
+        raise ValueError(f"{name!r} is not a safe job name")
+    return name
+
+
+@dataclass(slots=True)
+class _JobWrite:
+    job: Job | None = None  # the status to write (None: only the log)
+    conflicts: tuple[str, ...] = ()
+    log: Path | None = None  # a run's raw output to copy into the synced log first
+    forget: list[Path] = field(default_factory=list)  # run files to delete once written
+
+
+MAX_RETRY = 30.0  # seconds between attempts to write into a folder that stays broken
+
+
+class StatusWriter:
+    """Writes ``status/HOST/`` on its own thread, so the daemon's loop never waits for fsync.
+
+    The latest request per file wins: during a burst a job that went pending → running →
+    succeeded before the thread got to it is written once. Order per job is kept: its log,
+    then its status, then its raw run files are deleted. A failed write (disk full,
+    read-only) is logged and retried after ``retry`` seconds unless a newer one replaced it.
+    ``inline`` writes on the caller's thread instead (tests that crash the daemon mid-write).
+    """
+
+    def __init__(self, status: StatusDir, log_cap: int, retry: float = 1.0,
+                 inline: bool = False) -> None:
+        self.status = status
+        self.inline = inline
+        self.log_cap = log_cap
+        self.retry = retry
+        self._cond = threading.Condition()
+        self._jobs: dict[str, _JobWrite] = {}
+        self._other: dict[str, Callable[[], None]] = {}  # "index", "host": newest closure
+        self._busy = False
+        self._closed = False
+        self._clean = True  # the last pass wrote everything it had
+        self._delay = retry
+        self._failing: dict[str, str] = {}  # what failed, and how, as last logged
+        self._thread: threading.Thread | None = None
+
+    def job(self, job: Job, conflicts: Iterable[str] = (), log: Path | None = None,
+            forget: Iterable[Path] = ()) -> None:
+        """Queue the job's status (with its log copied first, and run files deleted after)."""
+        self._queue_job(job.name, _JobWrite(job, tuple(sorted(conflicts)), log, list(forget)))
+
+    def log(self, name: str, output: Path) -> None:
+        """Queue a copy of a running job's output into its synced log."""
+        self._queue_job(name, _JobWrite(log=output))
+
+    def index(self, jobs: list[Job], now: float) -> None:
+        self._queue_other("index", lambda: self.status.write_index(jobs, now))
+
+    def host(self, doc: Callable[[], Mapping[str, Any]]) -> None:
+        """Queue host.yaml; ``doc`` is built on the writer thread (counts are O(jobs))."""
+        self._queue_other("host", lambda: self.status.write_host(doc()))
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until everything queued is written; False on timeout."""
+        if self.inline:
+            return not self._pass()
+        with self._cond:
+            return self._cond.wait_for(lambda: not (self._jobs or self._other or self._busy),
+                                       timeout)
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """Try once more to write what is queued, then stop; False if not everything was written."""
+        if self.inline:
+            return not self._pass()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                return False
+        with self._cond:
+            return self._clean and not (self._jobs or self._other)
+
+    def _queue_job(self, name: str, new: _JobWrite) -> None:
+        with self._cond:
+            old = self._jobs.pop(name, None)
+            if old is not None:  # merge: nothing the older request promised may be lost
+                new.job = new.job or old.job
+                new.conflicts = new.conflicts if new.job is not old.job else old.conflicts
+                new.log = new.log or old.log
+                new.forget = old.forget + new.forget
+            self._jobs[name] = new
+            self._wake()
+
+    def _queue_other(self, key: str, write: Callable[[], None]) -> None:
+        with self._cond:
+            self._other.pop(key, None)
+            self._other[key] = write  # host.yaml last: its counts cover the jobs before it
+            self._wake()
+
+    def _wake(self) -> None:
+        if self.inline:
+            self._pass()
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="status-writer", daemon=True)
+            self._thread.start()
+        self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+                self._cond.wait_for(lambda: self._jobs or self._other or self._closed)
+                if self._closed and not (self._jobs or self._other):
+                    return
+                self._busy = True
+            failed = self._pass()
+            with self._cond:
+                if not failed:
+                    self._delay = self.retry
+                elif self._closed:
+                    return  # stopping: one last try is all a broken folder gets
+                else:  # back off: a folder that stays broken must not cost a write a second
+                    self._cond.wait(self._delay)
+                    self._delay = min(self._delay * 2, MAX_RETRY)
+
+    def _pass(self) -> bool:
+        """Write everything queued once; True if something failed (it stays queued)."""
+        with self._cond:
+            jobs, self._jobs = self._jobs, {}
+            other, self._other = self._other, {}
+        failed = self._write_jobs(jobs)
+        for key, write in other.items():
+            try:
+                write()
+                self._failing.pop(key, None)
+            except OSError as e:
+                self._warn(key, f"cannot write {key}: {e}")
+                failed = True
+                with self._cond:
+                    self._other.setdefault(key, write)
+        with self._cond:
+            self._clean = not failed
+        return failed
+
+    def _warn(self, key: str, message: str) -> None:
+        """Log a failure once, not at every retry (a broken folder would flood the log)."""
+        if self._failing.get(key) != message:
+            self._failing[key] = message
+            logger.warning("%s", message)
+
+    def _write_jobs(self, jobs: dict[str, _JobWrite]) -> bool:
+        failed = False
+        for name, item in jobs.items():
+            try:
+                if item.log is not None:
+                    self.status.publish_log(name, item.log, self.log_cap)
+                if item.job is not None:
+                    self.status.write_job(item.job, item.conflicts)
+            except ValueError as e:  # not a safe name (an old ledger): never written anywhere
+                logger.warning("no status file for %r: %s", name, e)
+                continue
+            except OSError as e:  # full or read-only: keep it, retry later
+                self._warn(name, f"cannot write the status of {name}: {e}")
+                failed = True
+                with self._cond:
+                    newer = self._jobs.pop(name, None)
+                    self._jobs[name] = item
+                    if newer is not None:  # a newer request came in: merge it over this one
+                        self._queue_job(name, newer)  # (the condition's lock is reentrant)
+                continue
+            self._failing.pop(name, None)
+            for path in item.forget:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        return failed
