@@ -49,7 +49,7 @@ from filerexec.reconcile import Reconciler
 from filerexec.render import HostFacts
 from filerexec.runner import LocalRunner, Runner, new_run_id
 from filerexec.watch import Hints, Watcher
-from filerexec.writer import StatusDir, StatusWriter
+from filerexec.writer import StatusWriter
 
 __all__ = ["AlreadyRunning", "Daemon"]
 
@@ -90,10 +90,6 @@ class Daemon:
     def writer(self) -> StatusWriter:
         return self.publisher.writer
 
-    @property
-    def status(self) -> StatusDir:
-        return self.publisher.status
-
     # --- lifecycle ----------------------------------------------------------
 
     def open(self) -> None:
@@ -126,12 +122,17 @@ class Daemon:
     def close(self) -> None:
         """Stop watching and release the lock; running jobs keep running."""
         self.watcher.stop()
-        self.publisher.write_host(self._facts(stopping=True), self.jobs, self.clock())
+        now = self.clock()
+        committed = self.ledger is not None and self._commit(now)
+        # Statuses changed since the last step (an adoption at open, a commit just now)
+        # go out too: a clean stop promises the next start that every status is written.
+        self.publisher.publish(self.table.take_changed(), self.reconciler.conflicts,
+                               self.jobs, self._facts(stopping=True), now)
         written = self.writer.close(timeout=10)
         if self.ledger is not None:
             # Clean only if every status file says what the ledger says, and the ledger
             # holds everything this daemon knew; else the next start re-reads everything.
-            if written and self._commit(self.clock()) and not self.table.unsaved:
+            if written and committed and not self.table.unsaved and not self.table.changed:
                 self.lifecycle.mark_clean_stop(self.ledger)
             self.ledger.close()
         self.lifecycle.release()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from filerexec import process
 from filerexec.config import Settings
@@ -292,3 +293,37 @@ def test_a_file_written_in_place_is_read_once_settled_not_at_the_next_rescan(
         assert "fresh" in daemon.jobs
     finally:
         daemon.close()
+
+
+def test_a_stop_right_after_the_start_publishes_what_the_start_adopted(
+        spool: Path, tmp_path: Path) -> None:
+    """A run that ended while no daemon watched is finished at the next open; a clean stop
+    before any step must still write that status (else the clean start after it trusts a
+    status file that says `running` for ever: the model test's open bug)."""
+    procs, now = FakeProcs(), time.time() + 10  # after the file's mtime: read at once
+    settings = Settings(spool=spool, host="h", state_dir=tmp_path / "state", poll=True,
+                        settle=0.0)
+    status = spool / "status" / "h" / "j.yaml"
+
+    def opened() -> Daemon:
+        daemon = Daemon(settings, clock=lambda: now, procs=procs)
+        daemon.open()
+        return daemon
+
+    (spool / "jobs" / "j.yaml").write_text("commands: 'exit 3 # n1'\n")
+    try:
+        first = opened()
+        first.step(now)
+        assert first.jobs["j"].running
+        first.close()
+        [proc] = procs.running()
+        proc.end(3)  # while no daemon runs
+        opened().close()  # adopted as ended at the open; stopped before any step
+        doc = yaml.safe_load(status.read_text())
+        assert (doc["state"], doc["exit_code"]) == ("failed", 3), doc
+        third = opened()
+        third.step(now)
+        third.close()
+        assert yaml.safe_load(status.read_text())["state"] == "failed"
+    finally:
+        procs.release()
