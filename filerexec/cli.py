@@ -23,7 +23,8 @@ from filerexec.config import default_host
 from filerexec.daemon import AlreadyRunning, Daemon
 from filerexec.machine import State
 from filerexec.names import job_name
-from filerexec.spec import SpecError, parse_job
+from filerexec.shellwords import CannotQuote, command_line, shell_kind
+from filerexec.spec import JobSpec, SpecError, parse_job
 from filerexec.spool import init as init_spool
 from filerexec.status import atomic_write
 
@@ -34,7 +35,10 @@ logger = logging.getLogger("filerexec")
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    before, command = _split_command(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(before)
+    if command is not None:
+        args.words = command
     if not getattr(args, "command", None):
         parser.print_help()
         return USAGE
@@ -44,6 +48,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"filerexec: {e}", file=sys.stderr)
         return USAGE
     return result
+
+
+def _split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """`submit`'s own arguments, and the words after its first `--` exactly as given.
+
+    Split here, not by argparse, which drops a second `--` from the words (`rsync -a --
+    -odd-name` must keep it) and cannot take options after NAME with REMAINDER.
+    """
+    words = [w for w in argv if not w.startswith("-")]
+    if words[:1] != ["submit"] or "--" not in argv:
+        return argv, None
+    split = argv.index("--")
+    return argv[:split], argv[split + 1:]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,12 +102,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("files", type=Path, nargs="+")
     s.set_defaults(func=cmd_validate)
 
-    s = sub.add_parser("submit", help="write a job file atomically")
+    s = sub.add_parser("submit", help="write a job file atomically",
+                       description="Write a job file atomically. One word after -- is a shell "
+                       "line as given (-- 'ls | wc -l'); several are quoted word by word, so "
+                       "that each reaches the program as one argument.")
     s.add_argument("spool", type=Path)
     s.add_argument("name", help="job name, e.g. backup or nightly/db")
     s.add_argument("--host", action="append", default=None, help="run only on this host")
+    s.add_argument("--shell", default=None,
+                   help="the job's shell (bash, cmd.exe, …); words are quoted for it")
     s.add_argument("--replace", action="store_true", help="overwrite an existing job file")
-    s.add_argument("words", nargs=argparse.REMAINDER, help="-- COMMAND...")
+    s.add_argument("words", nargs="*", metavar="-- COMMAND", help="the command to run")
     s.set_defaults(func=cmd_submit)
 
     s = sub.add_parser("import", help="split the seed's filerexec.yaml into job files")
@@ -305,18 +327,38 @@ def cmd_validate(args: argparse.Namespace) -> int:
             status = FAILURE
         else:
             print(f"{path}: ok (digest {spec.short_digest})")
+            print(what_runs(spec), end="")
     return status
 
 
+def what_runs(spec: JobSpec) -> str:
+    """What a host would run for ``spec``, as `validate` shows it: each command after
+    YAML's joins, numbered, and where and how it runs."""
+    where = " ".join(part for part in (
+        "on " + (", ".join(spec.hosts) if spec.hosts else "every host"),
+        spec.shell and f"with {spec.shell}", spec.cwd and f"in {spec.cwd}") if part)
+    lines = [f"  runs {where}" + (", in order:" if len(spec.commands) > 1 else ":")]
+    width = len(str(len(spec.commands)))
+    for number, command in enumerate(spec.commands, 1):
+        first, *rest = command.split("\n")
+        lines.append(f"  {number:>{width}}. {first}")
+        lines.extend(f"  {'':>{width}}  {line}" for line in rest)  # a script's further lines
+    if spec.operation == "stop":
+        lines.append("  (operation: stop — it does not start, and is killed if it runs)")
+    return "".join(f"{line}\n" for line in lines)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
-    words = [w for w in args.words if w != "--"] if args.words[:1] == ["--"] else args.words
-    if not words:
-        print("filerexec: nothing to run: filerexec submit SPOOL NAME -- COMMAND...",
-              file=sys.stderr)
+    try:
+        line = command_line(args.words, shell_kind(args.shell))
+    except CannotQuote as e:
+        print(f"filerexec: {e}: filerexec submit SPOOL NAME -- COMMAND...", file=sys.stderr)
         return USAGE
-    doc: dict[str, Any] = {"commands": " ".join(words)}
+    doc: dict[str, Any] = {"commands": line}
     if args.host:
         doc["host"] = args.host[0] if len(args.host) == 1 else args.host
+    if args.shell:
+        doc["shell"] = args.shell
     text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=1000)
     try:
         parse_job(text, args.name)

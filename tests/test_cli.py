@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from filerexec.cli import main
 
@@ -30,6 +31,22 @@ def test_validate_reports_line_and_column(
     assert main(["validate", str(good), str(bad)]) == 1
     out = capsys.readouterr().out
     assert "good.yaml: ok" in out and "bad.yaml: line 2, column 10" in out
+
+
+def test_validate_shows_what_the_host_would_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    long = "rsync -a --delete /home/john/Documents/ /mnt/backup/john/Documents/ && echo done"
+    wrapped, script = tmp_path / "wrapped.yaml", tmp_path / "script.yaml"
+    wrapped.write_text(yaml.safe_dump({"commands": long + " at $(date)"}))
+    assert "\n  " in wrapped.read_text()  # PyYAML wrapped it onto two lines
+    script.write_text("commands:\n  - |\n    cd /tmp\n    ls\n  - df -h\nhost: [pc, nas]\n"
+                      "shell: bash\ncwd: ~/x\noperation: stop\n")
+    assert main(["validate", str(wrapped), str(script)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:3] == ["  runs on every host:", f"  1. {long} at $(date)"]
+    assert out[4:] == ["  runs on nas, pc with bash in ~/x, in order:", "  1. cd /tmp",
+                       "     ls", "  2. df -h",
+                       "  (operation: stop — it does not start, and is killed if it runs)"]
 
 
 def test_status_table_and_json_after_once(tmp_path: Path) -> None:
