@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-from filerexec import __version__, config, keystore, migrate, service, signing, view
+from filerexec import __version__, completion, config, keystore, migrate, service, signing, view
+from filerexec.completion import with_completion
 from filerexec.config import default_host
-from filerexec.daemon import AlreadyRunning, Daemon
 from filerexec.machine import State
 from filerexec.names import job_name
 from filerexec.shellwords import CannotQuote, command_line, shell_kind
@@ -35,6 +35,7 @@ logger = logging.getLogger("filerexec")
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
+    completion.autocomplete(parser)  # answers a TAB and exits, when the shell asks
     before, command = _split_command(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(before)
     if command is not None:
@@ -71,11 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     s = sub.add_parser("init", help="create jobs/, status/ and an example job")
-    s.add_argument("spool", type=Path)
+    with_completion(s.add_argument("spool", type=Path), "spool")
     s.set_defaults(func=cmd_init)
 
     s = sub.add_parser("serve", help="run the daemon for a spool")
-    s.add_argument("spool", type=Path, nargs="?", help="default: `spool:` in the config file")
+    with_completion(s.add_argument("spool", type=Path, nargs="?",
+                                   help="default: `spool:` in the config file"), "spool")
     _setting_flags(s)
     s.add_argument("--once", action="store_true",
                    help="reconcile, run what is due, wait for it, exit")
@@ -83,8 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("status", help="show every host's jobs")
-    s.add_argument("spool", type=Path, nargs="?", help="default: `spool:` in the config file")
-    s.add_argument("--host", action="append", default=None, help="only this host (repeatable)")
+    with_completion(s.add_argument("spool", type=Path, nargs="?",
+                                   help="default: `spool:` in the config file"), "spool")
+    with_completion(s.add_argument("--host", action="append", default=None,
+                                   help="only this host (repeatable)"), "host")
+    with_completion(s.add_argument("--job", action="append", default=None, metavar="NAME",
+                                   help="only this job (repeatable)"), "job")
     s.add_argument("--state", action="append", default=None, choices=[x.value for x in State],
                    help="only jobs in this state (repeatable)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
@@ -92,8 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("logs", help="show or follow a job's log")
-    s.add_argument("where", nargs="+", metavar="[SPOOL] NAME")
-    s.add_argument("--host", default=None, help="whose log (default: the only host with one)")
+    with_completion(s.add_argument("where", nargs="+", metavar="[SPOOL] NAME"), "where")
+    with_completion(s.add_argument("--host", default=None,
+                                   help="whose log (default: the only host with one)"), "host")
     s.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
     _config_flag(s)
     s.set_defaults(func=cmd_logs)
@@ -106,9 +113,10 @@ def _parser() -> argparse.ArgumentParser:
                        description="Write a job file atomically. One word after -- is a shell "
                        "line as given (-- 'ls | wc -l'); several are quoted word by word, so "
                        "that each reaches the program as one argument.")
-    s.add_argument("spool", type=Path)
-    s.add_argument("name", help="job name, e.g. backup or nightly/db")
-    s.add_argument("--host", action="append", default=None, help="run only on this host")
+    with_completion(s.add_argument("spool", type=Path), "spool")
+    with_completion(s.add_argument("name", help="job name, e.g. backup or nightly/db"), "job")
+    with_completion(s.add_argument("--host", action="append", default=None,
+                                   help="run only on this host"), "host")
     s.add_argument("--shell", default=None,
                    help="the job's shell (bash, cmd.exe, …); words are quoted for it")
     s.add_argument("--replace", action="store_true", help="overwrite an existing job file")
@@ -153,6 +161,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--name", default=None,
                    help="the job name (default: the path below jobs/, or the file name)")
     s.set_defaults(func=cmd_sign)
+
+    s = sub.add_parser("completion", help="print the shell completion script",
+                       description="Print the completion script for SHELL: "
+                       "commands, options, and job and host names from the spool.")
+    s.add_argument("shell", choices=completion.SHELLS)
+    s.set_defaults(func=cmd_completion)
     return p
 
 
@@ -221,6 +235,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"filerexec: {settings.spool} is not a folder "
               f"(create it with: filerexec init {settings.spool})", file=sys.stderr)
         return USAGE
+    # Imported here: every TAB of shell completion runs this module, and the daemon's
+    # imports (watchdog, psutil, sqlite3) would make each one slower.
+    from filerexec.daemon import AlreadyRunning, Daemon
+
     daemon = Daemon(settings)
     try:
         daemon.open()
@@ -246,10 +264,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     docs = view.job_docs(_spool(args), hosts=args.host, states=args.state)
+    if args.job:
+        docs = [d for d in docs if d.get("job") in args.job]
     if args.json:
         print(json.dumps(docs, indent=2, default=str))
         return OK
-    print(view.table(docs) if docs else "no jobs yet" if not (args.host or args.state)
+    print(view.table(docs) if docs else "no jobs yet" if not (args.host or args.state or args.job)
           else "no jobs match")
     return OK
 
@@ -376,6 +396,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     # Written beside the target under a name no reconciler reads, then renamed into place.
     atomic_write(target, text.encode())
     print(f"submitted {target}")
+    return OK
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    print(completion.script(args.shell), end="")
     return OK
 
 
