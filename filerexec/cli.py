@@ -24,7 +24,7 @@ from filerexec.config import default_host
 from filerexec.machine import State
 from filerexec.names import job_name
 from filerexec.shellwords import CannotQuote, command_line, shell_kind
-from filerexec.spec import JobSpec, SpecError, parse_job
+from filerexec.spec import JobSpec, SpecError, as_utf8, parse_job
 from filerexec.spool import init as init_spool
 from filerexec.status import atomic_write
 
@@ -446,7 +446,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
             status = FAILURE
             continue
         try:
-            data = path.read_bytes()
+            data = as_utf8(raw := path.read_bytes())
             parse_job(signing.split_signature(data)[0], name)
         except OSError as e:
             print(f"{path}: cannot read: {e.strerror}")
@@ -460,7 +460,8 @@ def cmd_sign(args: argparse.Namespace) -> int:
         nonce = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
         signed = signing.sign(data, name, key_id, secret, nonce)
         atomic_write(path, signed)
-        print(f"{path}: signed as job {name!r} with key {key_id!r}")
+        print(f"{path}: signed as job {name!r} with key {key_id!r}"
+              + (", and saved as UTF-8" if data != raw else ""))
     return status
 
 

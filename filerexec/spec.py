@@ -27,8 +27,8 @@ try:
 except ImportError:  # pragma: no cover - PyYAML built without libyaml
     from yaml import SafeLoader as _BaseLoader  # type: ignore[assignment]
 
-__all__ = ["KEYS", "MAX_JOB_BYTES", "JobSpec", "SpecError", "decode_job", "parse_duration",
-           "parse_job"]
+__all__ = ["KEYS", "MAX_JOB_BYTES", "JobSpec", "SpecError", "as_utf8", "decode_job",
+           "parse_duration", "parse_job"]
 
 MAX_JOB_BYTES = 64 * 1024
 KEYS = frozenset({"commands", "operation", "stdout", "stderr", "host", "cwd", "env", "shell",
@@ -173,6 +173,17 @@ def decode_job(data: bytes | str) -> str:
                             "save it again, as UTF-8") from None
         raise SpecError(f"the file is not UTF-8 text (byte 0x{body[exc.start]:02X})",
                         line, column, "save it as UTF-8") from None
+
+
+def as_utf8(data: bytes) -> bytes:
+    """The file's bytes as UTF-8: as they are if they are not UTF-16 or UTF-32 with a mark.
+
+    For `filerexec sign`, whose signature covers the bytes: a signature line appended
+    to UTF-16 bytes would be read as garbage, so such a file is signed as UTF-8.
+    """
+    if any(data.startswith(bom) for bom, _, label in _BOMS if label != "UTF-8"):
+        return decode_job(data).encode()
+    return data
 
 
 def _looks_like_utf16(text: str) -> bool:
