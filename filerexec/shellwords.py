@@ -43,8 +43,9 @@ def command_line(words: Sequence[str], kind: str = "posix") -> str:
     ``shlex.join``. cmd.exe gets each word quoted as Windows programs split their command
     line (the C runtime's rules: ``subprocess.list2cmdline``), then a ``^`` before each
     character cmd.exe would act on, so that ``&``, ``|``, ``>`` and ``%VAR%`` reach the
-    program as written. Raises CannotQuote for an empty list, a line break for cmd.exe
-    (it ends the command there), and several words for PowerShell.
+    program as written; a program's name with spaces keeps its quotes. Raises CannotQuote
+    for an empty list, a line break for cmd.exe (it ends the command there), and several
+    words for PowerShell.
     """
     if not words:
         raise CannotQuote("nothing to run")
@@ -53,8 +54,24 @@ def command_line(words: Sequence[str], kind: str = "posix") -> str:
     if kind == "posix":
         return shlex.join(words)
     if kind == "cmd":
-        if any("\n" in word or "\r" in word for word in words):
-            raise CannotQuote("cmd.exe cannot pass a line break inside a word")
-        return " ".join(_CMD_SPECIAL.sub(r"^\1", subprocess.list2cmdline([w])) for w in words)
+        return _cmd_line(words)
     raise CannotQuote("PowerShell passes quoted words to programs in ways that differ between "
                       "its versions: give the command as one line, quoted as PowerShell wants it")
+
+
+def _cmd_line(words: Sequence[str]) -> str:
+    if any("\n" in word or "\r" in word for word in words):
+        raise CannotQuote("cmd.exe cannot pass a line break inside a word")
+    program, *arguments = words
+    # cmd.exe finds the program by the first word, split at spaces outside real quotes:
+    # `"C:\Program Files\…\python.exe"` must keep its quotes, inside which cmd.exe
+    # takes & ( ) ^ ! as letters but still expands %VAR% (no ^ can stop that there).
+    first = subprocess.list2cmdline([program])
+    if first.startswith('"'):
+        if "%" in program or '"' in program:
+            raise CannotQuote("cmd.exe would expand or split the program's name: "
+                              "give the command as one line")
+    else:
+        first = _CMD_SPECIAL.sub(r"^\1", first)
+    return " ".join([first, *(_CMD_SPECIAL.sub(r"^\1", subprocess.list2cmdline([a]))
+                              for a in arguments)])

@@ -96,6 +96,10 @@ def test_posix_quoting_is_what_sh_splits_back(tmp_path: Path) -> None:
     (["echo", "a&b", "x|y", "<in", ">out", "(p)"], "echo a^&b x^|y ^<in ^>out ^(p^)"),
     (["echo", "%PATH%", "!x!", "^"], "echo ^%PATH^% ^!x^! ^^"),
     (["prog", 'say "hi"', "", "C:\\a dir\\"], 'prog ^"say \\^"hi\\^"^" ^"^" ^"C:\\a dir\\\\^"'),
+    (["C:\\Program Files\\Python\\python.exe", "-c", "print(1)"],
+     '"C:\\Program Files\\Python\\python.exe" -c print^(1^)'),  # cmd.exe finds the program
+    (["C:\\Tools & More\\x.exe", "a"], '"C:\\Tools & More\\x.exe" a'),
+    (["a&b.exe", "c"], "a^&b.exe c"),
 ])
 def test_cmd_quoting(words: list[str], line: str) -> None:
     assert command_line(words, "cmd") == line
@@ -104,6 +108,8 @@ def test_cmd_quoting(words: list[str], line: str) -> None:
 def test_what_cannot_be_quoted() -> None:
     with pytest.raises(CannotQuote, match="line break"):
         command_line(["echo", "a\nb"], "cmd")
+    with pytest.raises(CannotQuote, match="program's name"):
+        command_line(["C:\\%APPS%\\my tool.exe", "a"], "cmd")
     with pytest.raises(CannotQuote, match="PowerShell"):
         command_line(["Get-Date", "-UFormat", "%Y"], "powershell")
     assert command_line(["Get-Date -UFormat %Y"], "powershell") == "Get-Date -UFormat %Y"
