@@ -16,10 +16,7 @@ import pytest
 import yaml
 
 from filerexec.cli import main
-from filerexec.shellwords import CannotQuote, command_line, shell_kind
-
-ODD_WORDS = ["a b", "$HOME", "it's", '"quoted"', "--", "*", "", "ü 😀", "a\\b", "x;y", "`id`",
-             "$(id)", "line\nbreak", "%PATH%", "a&b|c>d"]
+from tests.test_shellwords import ODD_WORDS
 
 
 def submit(spool: Path, name: str, *words: str, extra: tuple[str, ...] = ()) -> dict[str, object]:
@@ -81,46 +78,3 @@ def test_nothing_to_run_is_a_usage_error(spool: Path, capsys: pytest.CaptureFixt
     err = capsys.readouterr().err
     assert "nothing to run" in err and "give the command as one line" in err
     assert not list((spool / "jobs").iterdir())
-
-
-# ---- the quoting, shell by shell ----------------------------------------------------------------
-
-def test_posix_quoting_is_what_sh_splits_back(tmp_path: Path) -> None:
-    line = command_line(["printf", "%s\\n", *ODD_WORDS])
-    out = subprocess.run(["/bin/sh", "-c", line], capture_output=True, check=True).stdout
-    assert out.decode().split("\n")[:-1] == "\n".join(ODD_WORDS).split("\n")
-
-
-@pytest.mark.parametrize(("words", "line"), [
-    (["python", "-c", "import sys; sys.exit(4)"], 'python -c ^"import sys; sys.exit^(4^)^"'),
-    (["echo", "a&b", "x|y", "<in", ">out", "(p)"], "echo a^&b x^|y ^<in ^>out ^(p^)"),
-    (["echo", "%PATH%", "!x!", "^"], "echo ^%PATH^% ^!x^! ^^"),
-    (["prog", 'say "hi"', "", "C:\\a dir\\"], 'prog ^"say \\^"hi\\^"^" ^"^" ^"C:\\a dir\\\\^"'),
-    (["C:\\Program Files\\Python\\python.exe", "-c", "print(1)"],
-     '"C:\\Program Files\\Python\\python.exe" -c print^(1^)'),  # cmd.exe finds the program
-    (["C:\\Tools & More\\x.exe", "a"], '"C:\\Tools & More\\x.exe" a'),
-    (["a&b.exe", "c"], "a^&b.exe c"),
-])
-def test_cmd_quoting(words: list[str], line: str) -> None:
-    assert command_line(words, "cmd") == line
-
-
-def test_what_cannot_be_quoted() -> None:
-    with pytest.raises(CannotQuote, match="line break"):
-        command_line(["echo", "a\nb"], "cmd")
-    with pytest.raises(CannotQuote, match="program's name"):
-        command_line(["C:\\%APPS%\\my tool.exe", "a"], "cmd")
-    with pytest.raises(CannotQuote, match="PowerShell"):
-        command_line(["Get-Date", "-UFormat", "%Y"], "powershell")
-    assert command_line(["Get-Date -UFormat %Y"], "powershell") == "Get-Date -UFormat %Y"
-    with pytest.raises(CannotQuote, match="nothing to run"):
-        command_line([], "posix")
-
-
-@pytest.mark.parametrize(("shell", "kind"), [
-    (None, "posix"), ("bash", "posix"), ("/usr/bin/zsh", "posix"), ("cmd", "cmd"),
-    ("CMD.EXE", "cmd"), ("C:\\Windows\\System32\\cmd.exe", "cmd"), ("pwsh", "powershell"),
-    ("powershell.exe", "powershell"),
-])
-def test_shell_kind(shell: str | None, kind: str) -> None:
-    assert shell_kind(shell) == kind
