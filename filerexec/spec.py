@@ -232,7 +232,7 @@ def how_joined(lines: list[str], first: int, last: int, value: str) -> str | Non
     """
     if _BREAK.search(value):  # an empty line inside: a line break YAML keeps
         return "by hand"
-    for number in range(first, last):
+    for number in range(first, min(last, len(lines) - 1)):
         line, next_word = lines[number], lines[number + 1].lstrip(" ").split(" ", 1)[0]
         if len(line.rstrip(" ")) + 1 + len(next_word) <= WRITER_WIDTH:
             return "by hand"
