@@ -18,13 +18,14 @@ from typing import Any
 
 import yaml
 
-from filerexec import __version__, config, keystore, migrate, service, signing, view
+from filerexec import __version__, completion, config, keystore, migrate, service, signing, view
+from filerexec.completion import with_completion
 from filerexec.config import default_host
-from filerexec.daemon import AlreadyRunning, Daemon
 from filerexec.machine import State
 from filerexec.names import job_name
 from filerexec.safefile import atomic_write
-from filerexec.spec import SpecError, parse_job
+from filerexec.shellwords import CannotQuote, command_line, shell_kind
+from filerexec.spec import JobSpec, SpecError, as_utf8, parse_job
 from filerexec.spool import init as init_spool
 
 OK, FAILURE, USAGE, ALREADY_RUNNING = 0, 1, 2, 3
@@ -34,7 +35,11 @@ logger = logging.getLogger("filerexec")
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    completion.autocomplete(parser)  # answers a TAB and exits, when the shell asks
+    before, command = _split_command(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(before)
+    if command is not None:
+        args.words = command
     if not getattr(args, "command", None):
         parser.print_help()
         return USAGE
@@ -46,6 +51,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result
 
 
+def _split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """`submit`'s own arguments, and the words after its first `--` exactly as given.
+
+    Split here, not by argparse, which drops a second `--` from the words (`rsync -a --
+    -odd-name` must keep it) and cannot take options after NAME with REMAINDER.
+    """
+    words = [w for w in argv if not w.startswith("-")]
+    if words[:1] != ["submit"] or "--" not in argv:
+        return argv, None
+    split = argv.index("--")
+    return argv[:split], argv[split + 1:]
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="filerexec",
@@ -54,11 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     s = sub.add_parser("init", help="create jobs/, status/ and an example job")
-    s.add_argument("spool", type=Path)
+    with_completion(s.add_argument("spool", type=Path), "spool")
     s.set_defaults(func=cmd_init)
 
     s = sub.add_parser("serve", help="run the daemon for a spool")
-    s.add_argument("spool", type=Path, nargs="?", help="default: `spool:` in the config file")
+    with_completion(s.add_argument("spool", type=Path, nargs="?",
+                                   help="default: `spool:` in the config file"), "spool")
     _setting_flags(s)
     s.add_argument("--once", action="store_true",
                    help="reconcile, run what is due, wait for it, exit")
@@ -66,8 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("status", help="show every host's jobs")
-    s.add_argument("spool", type=Path, nargs="?", help="default: `spool:` in the config file")
-    s.add_argument("--host", action="append", default=None, help="only this host (repeatable)")
+    with_completion(s.add_argument("spool", type=Path, nargs="?",
+                                   help="default: `spool:` in the config file"), "spool")
+    with_completion(s.add_argument("--host", action="append", default=None,
+                                   help="only this host (repeatable)"), "host")
+    with_completion(s.add_argument("--job", action="append", default=None, metavar="NAME",
+                                   help="only this job (repeatable)"), "job")
     s.add_argument("--state", action="append", default=None, choices=[x.value for x in State],
                    help="only jobs in this state (repeatable)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
@@ -75,8 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("logs", help="show or follow a job's log")
-    s.add_argument("where", nargs="+", metavar="[SPOOL] NAME")
-    s.add_argument("--host", default=None, help="whose log (default: the only host with one)")
+    with_completion(s.add_argument("where", nargs="+", metavar="[SPOOL] NAME"), "where")
+    with_completion(s.add_argument("--host", default=None,
+                                   help="whose log (default: the only host with one)"), "host")
     s.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
     _config_flag(s)
     s.set_defaults(func=cmd_logs)
@@ -85,12 +109,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("files", type=Path, nargs="+")
     s.set_defaults(func=cmd_validate)
 
-    s = sub.add_parser("submit", help="write a job file atomically")
-    s.add_argument("spool", type=Path)
-    s.add_argument("name", help="job name, e.g. backup or nightly/db")
-    s.add_argument("--host", action="append", default=None, help="run only on this host")
+    s = sub.add_parser("submit", help="write a job file atomically",
+                       description="Write a job file atomically. One word after -- is a shell "
+                       "line as given (-- 'ls | wc -l'); several are quoted word by word, so "
+                       "that each reaches the program as one argument.")
+    with_completion(s.add_argument("spool", type=Path), "spool")
+    with_completion(s.add_argument("name", help="job name, e.g. backup or nightly/db"), "job")
+    with_completion(s.add_argument("--host", action="append", default=None,
+                                   help="run only on this host"), "host")
+    s.add_argument("--shell", default=None,
+                   help="the job's shell (bash, cmd.exe, …); words are quoted for it")
     s.add_argument("--replace", action="store_true", help="overwrite an existing job file")
-    s.add_argument("words", nargs=argparse.REMAINDER, help="-- COMMAND...")
+    s.add_argument("words", nargs="*", metavar="-- COMMAND", help="the command to run")
     s.set_defaults(func=cmd_submit)
 
     s = sub.add_parser("import", help="split the seed's filerexec.yaml into job files")
@@ -131,6 +161,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--name", default=None,
                    help="the job name (default: the path below jobs/, or the file name)")
     s.set_defaults(func=cmd_sign)
+
+    s = sub.add_parser("completion", help="print the shell completion script",
+                       description="Print the completion script for SHELL: "
+                       "commands, options, and job and host names from the spool.")
+    s.add_argument("shell", choices=completion.SHELLS)
+    s.set_defaults(func=cmd_completion)
     return p
 
 
@@ -199,6 +235,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"filerexec: {settings.spool} is not a folder "
               f"(create it with: filerexec init {settings.spool})", file=sys.stderr)
         return USAGE
+    # Imported here: every TAB of shell completion runs this module, and the daemon's
+    # imports (watchdog, psutil, sqlite3) would make each one slower.
+    from filerexec.daemon import AlreadyRunning, Daemon
+
     daemon = Daemon(settings)
     try:
         daemon.open()
@@ -224,10 +264,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     docs = view.job_docs(_spool(args), hosts=args.host, states=args.state)
+    if args.job:
+        docs = [d for d in docs if d.get("job") in args.job]
     if args.json:
         print(json.dumps(docs, indent=2, default=str))
         return OK
-    print(view.table(docs) if docs else "no jobs yet" if not (args.host or args.state)
+    print(view.table(docs) if docs else "no jobs yet" if not (args.host or args.state or args.job)
           else "no jobs match")
     return OK
 
@@ -305,18 +347,38 @@ def cmd_validate(args: argparse.Namespace) -> int:
             status = FAILURE
         else:
             print(f"{path}: ok (digest {spec.short_digest})")
+            print(what_runs(spec), end="")
     return status
 
 
+def what_runs(spec: JobSpec) -> str:
+    """What a host would run for ``spec``, as `validate` shows it: each command after
+    YAML's joins, numbered, and where and how it runs."""
+    where = " ".join(part for part in (
+        "on " + (", ".join(spec.hosts) if spec.hosts else "every host"),
+        spec.shell and f"with {spec.shell}", spec.cwd and f"in {spec.cwd}") if part)
+    lines = [f"  runs {where}" + (", in order:" if len(spec.commands) > 1 else ":")]
+    width = len(str(len(spec.commands)))
+    for number, command in enumerate(spec.commands, 1):
+        first, *rest = command.split("\n")
+        lines.append(f"  {number:>{width}}. {first}")
+        lines.extend(f"  {'':>{width}}  {line}" for line in rest)  # a script's further lines
+    if spec.operation == "stop":
+        lines.append("  (operation: stop — it does not start, and is killed if it runs)")
+    return "".join(f"{line}\n" for line in lines)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
-    words = [w for w in args.words if w != "--"] if args.words[:1] == ["--"] else args.words
-    if not words:
-        print("filerexec: nothing to run: filerexec submit SPOOL NAME -- COMMAND...",
-              file=sys.stderr)
+    try:
+        line = command_line(args.words, shell_kind(args.shell))
+    except CannotQuote as e:
+        print(f"filerexec: {e}: filerexec submit SPOOL NAME -- COMMAND...", file=sys.stderr)
         return USAGE
-    doc: dict[str, Any] = {"commands": " ".join(words)}
+    doc: dict[str, Any] = {"commands": line}
     if args.host:
         doc["host"] = args.host[0] if len(args.host) == 1 else args.host
+    if args.shell:
+        doc["shell"] = args.shell
     text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=1000)
     try:
         parse_job(text, args.name)
@@ -334,6 +396,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     # Written beside the target under a name no reconciler reads, then renamed into place.
     atomic_write(target, text.encode())
     print(f"submitted {target}")
+    return OK
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    print(completion.script(args.shell), end="")
     return OK
 
 
@@ -379,7 +446,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
             status = FAILURE
             continue
         try:
-            data = path.read_bytes()
+            data = as_utf8(raw := path.read_bytes())
             parse_job(signing.split_signature(data)[0], name)
         except OSError as e:
             print(f"{path}: cannot read: {e.strerror}")
@@ -393,7 +460,8 @@ def cmd_sign(args: argparse.Namespace) -> int:
         nonce = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
         signed = signing.sign(data, name, key_id, secret, nonce)
         atomic_write(path, signed)
-        print(f"{path}: signed as job {name!r} with key {key_id!r}")
+        print(f"{path}: signed as job {name!r} with key {key_id!r}"
+              + (", and saved as UTF-8" if data != raw else ""))
     return status
 
 

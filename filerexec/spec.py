@@ -27,7 +27,8 @@ try:
 except ImportError:  # pragma: no cover - PyYAML built without libyaml
     from yaml import SafeLoader as _BaseLoader  # type: ignore[assignment]
 
-__all__ = ["KEYS", "MAX_JOB_BYTES", "JobSpec", "SpecError", "parse_duration", "parse_job"]
+__all__ = ["KEYS", "MAX_JOB_BYTES", "JobSpec", "SpecError", "as_utf8", "decode_job",
+           "parse_duration", "parse_job"]
 
 MAX_JOB_BYTES = 64 * 1024
 KEYS = frozenset({"commands", "operation", "stdout", "stderr", "host", "cwd", "env", "shell",
@@ -124,6 +125,7 @@ _YAML_HINTS = (  # libyaml's words → what a person should do
     ("did not find expected ','", "a bracket is not closed, or a ',' is missing"),
     ("expected alphabetic or numeric", "a value starting with * or & must be put in quotes"),
     ("nesting depth", "the file is nested too deeply"),
+    ("invalid Unicode character escape", "a \\u escape in double quotes must be a character"),
 )
 
 
@@ -141,21 +143,61 @@ def _error(message: str, where: Any, hint: str | None = None) -> SpecError:
     return SpecError(message, mark.line + 1, mark.column + 1, hint)
 
 
-def _text_of(data: bytes | str) -> str:
-    """The file's text; refused if too big, not UTF-8, or holding characters that mislead."""
+# A byte-order mark says which encoding a file is in (Windows PowerShell 5.1's `>` and
+# Out-File write UTF-16 LE with one). UTF-32's marks come first: FF FE 00 00 also starts
+# with UTF-16 LE's FF FE, but would make the first character a NUL, which no job holds.
+_BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le", "UTF-32"), (b"\x00\x00\xfe\xff", "utf-32-be", "UTF-32"),
+         (b"\xff\xfe", "utf-16-le", "UTF-16"), (b"\xfe\xff", "utf-16-be", "UTF-16"),
+         (b"\xef\xbb\xbf", "utf-8", "UTF-8"))
+
+
+def decode_job(data: bytes | str) -> str:
+    """A job file's text: UTF-8, or UTF-16/UTF-32 with a byte-order mark; SpecError if not.
+
+    The mark itself is not part of the text, so that line 1, column 1 is the first
+    character after it, whatever the encoding.
+    """
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
     if len(raw) > MAX_JOB_BYTES:
         raise SpecError(f"the file is larger than {MAX_JOB_BYTES // 1024} KiB ({len(raw)} bytes)",
                         hint="run a script file from the job instead")
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise SpecError("the file is saved as UTF-16", 1, 1, hint="save it as UTF-8")
+    bom, codec, label = next((b for b in _BOMS if raw.startswith(b[0])), (b"", "utf-8", "UTF-8"))
+    body = raw[len(bom):]
     try:
-        text = raw.decode("utf-8").removeprefix("\ufeff")
+        return body.decode(codec)
     except UnicodeDecodeError as exc:
-        start = raw.rfind(b"\n", 0, exc.start) + 1
-        column = len(raw[start : exc.start].decode("utf-8", "replace")) + 1
-        raise SpecError(f"the file is not UTF-8 text (byte 0x{raw[exc.start]:02X})",
-                        raw.count(b"\n", 0, exc.start) + 1, column, "save it as UTF-8") from None
+        before = body[: exc.start].decode(codec)  # the text up to the bad byte is good
+        line, column = _at(before + "?", len(before))
+        if codec != "utf-8":
+            raise SpecError(f"the file is saved as {label}, but is damaged here", line, column,
+                            "save it again, as UTF-8") from None
+        raise SpecError(f"the file is not UTF-8 text (byte 0x{body[exc.start]:02X})",
+                        line, column, "save it as UTF-8") from None
+
+
+def as_utf8(data: bytes) -> bytes:
+    """The file's bytes as UTF-8: as they are if they are not UTF-16 or UTF-32 with a mark.
+
+    For `filerexec sign`, whose signature covers the bytes: a signature line appended
+    to UTF-16 bytes would be read as garbage, so such a file is signed as UTF-8.
+    """
+    if any(data.startswith(bom) for bom, _, label in _BOMS if label != "UTF-8"):
+        return decode_job(data).encode()
+    return data
+
+
+def _looks_like_utf16(text: str) -> bool:
+    """Text with a NUL after (or before) nearly every character: UTF-16 without its mark."""
+    nuls = max(text[0::2].count("\0"), text[1::2].count("\0"))
+    return len(text) >= 4 and nuls * 2 >= len(text) - 1
+
+
+def _text_of(data: bytes | str) -> str:
+    """The file's text; refused if too big, not readable, or holding characters that mislead."""
+    text = decode_job(data)
+    if "\0" in text and _looks_like_utf16(text):
+        raise SpecError("the file looks like UTF-16 text without a byte-order mark", 1, 1,
+                        hint="save it as UTF-8 (or as UTF-16 with a byte-order mark)")
     for pattern, message, hint in _BAD_CHARACTERS:
         if found := pattern.search(text):
             raise SpecError(message.format(found[0]), *_at(text, found.start()), hint)
@@ -176,8 +218,41 @@ def _yaml_error(text: str, exc: yaml.YAMLError) -> SpecError:
                      None if mark is None else mark.column + 1, hint)
 
 
+# Where YAML writers wrap a long unquoted value onto the next line: PyYAML, libyaml and
+# SnakeYAML after the first word that passes column 80, ruamel.yaml before the word that
+# would. Either way the line, a space and the next line's first word do not fit in 80
+# columns. Lines a person breaks to mean several commands (`df -h⏎uptime`) are short.
+WRITER_WIDTH = 80
+
+
+def how_joined(lines: list[str], first: int, last: int, value: str) -> str | None:
+    """How an unquoted value on lines ``first``..``last`` was broken: None where a YAML
+    writer wraps; "by hand" where a person did; "spaces" where a writer wrapped at
+    several spaces, which YAML reads back as one (ruamel.yaml does that).
+    """
+    if _BREAK.search(value):  # an empty line inside: a line break YAML keeps
+        return "by hand"
+    for number in range(first, min(last, len(lines) - 1)):
+        line, next_word = lines[number], lines[number + 1].lstrip(" ").split(" ", 1)[0]
+        if len(line.rstrip(" ")) + 1 + len(next_word) <= WRITER_WIDTH:
+            return "by hand"
+        if line.endswith("  "):
+            return "spaces"
+    return None
+
+
+class _Scalar(ScalarNode):
+    """A scalar node that knows how it was broken across the lines YAML joins."""
+
+    joined: str | None = None  # see how_joined
+
+
 class _JobLoader(_BaseLoader):
     """A safe loader that builds the node tree itself, checking every parser event."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._lines = _BREAK.split(text)
 
     def compose_job(self) -> Node | None:
         """The one document's root node; None if the file holds no document at all."""
@@ -209,8 +284,13 @@ class _JobLoader(_BaseLoader):
         if isinstance(event, yaml.ScalarEvent):
             resolve: Any = self.resolve  # the implicit type: null, bool, int, timestamp, str
             marks: tuple[Any, Any] = (event.start_mark, event.end_mark)
-            return ScalarNode(resolve(ScalarNode, event.value, event.implicit), event.value,
-                              marks[0], marks[1], event.style or None)
+            node = _Scalar(resolve(ScalarNode, event.value, event.implicit), event.value,
+                           marks[0], marks[1], event.style or None)
+            # YAML joins an unquoted value's lines with spaces. Where a writer wrapped it,
+            # that is what was meant; a break elsewhere, or an empty line, is a person's.
+            if node.style is None and marks[1].line > marks[0].line:
+                node.joined = how_joined(self._lines, marks[0].line, marks[1].line, event.value)
+            return node
         if depth >= _MAX_DEPTH:
             raise _error("the file is nested too deeply", event)
         is_list = isinstance(event, yaml.SequenceStartEvent)
@@ -252,9 +332,14 @@ def _commands(key: str, node: Node) -> tuple[str, ...]:
             raise _error(f"{label} must be a command line, not {_describe(item)}", item, hint)
         if not item.value.strip() or item.tag == _NULL:
             raise _error(f"{label} is empty", item, hint="write the command to run, e.g. df -h")
-        if item.style is None and item.end_mark.line > item.start_mark.line:
-            # YAML joins an unquoted value's lines with spaces: "df -h⏎uptime" would run
-            # "df -h uptime". Whoever wrote two lines meant two commands.
+        joined = item.joined if isinstance(item, _Scalar) else None
+        if joined == "spaces":
+            raise _error(f"a YAML writer broke this command where it had several spaces, "
+                         f"which YAML reads as one: {item.value!r}", item,
+                         hint="have the program quote it, or not wrap lines")
+        if joined == "by hand":
+            # "df -h⏎uptime" would run "df -h uptime": whoever wrote two lines meant two
+            # commands. (A program's YAML writer wrapping a long line meant one.)
             raise _error(f"this command spans several lines, which YAML joins into one: "
                          f"{item.value!r}", item, hint="start each command with `- ` on its own "
                          "line under `commands:`, or write `commands: |` and indent the lines")
@@ -374,16 +459,78 @@ def _settings(root: Node) -> dict[str, Node]:
     return found
 
 
-def parse_job(data: bytes | str, name: str) -> JobSpec:
-    """Parse a job file's content into the JobSpec named ``name``; SpecError on any problem."""
-    text = _text_of(data)
+# JSON writes a character beyond U+FFFF as two escapes (json.dumps("😀") is "\ud83d\ude00"),
+# which YAML refuses; YAML writes it as one (\U0001f600). After that refusal, and only then,
+# the pairs are rewritten (an odd number of backslashes before the `u` makes it an escape).
+_SURROGATE_PAIR = re.compile(
+    r"(?<!\\)((?:\\\\)*)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})", re.IGNORECASE)
+_SHORTER = len(r"\ud83d\ude00") - len(r"\U0001f600")
+
+
+class _JSONEscapes(Exception):
+    """YAML refused JSON's escapes of one character in two."""
+
+
+def _compose(text: str, first_try: bool = True) -> Node | None:
+    """The node tree of ``text``; SpecError, or _JSONEscapes on a first try that may be JSON."""
     loader = _JobLoader(text)
     try:
-        root = loader.compose_job()
+        return loader.compose_job()
     except yaml.YAMLError as exc:
+        if first_try and "invalid Unicode character escape" in str(exc) \
+                and _SURROGATE_PAIR.search(text):
+            raise _JSONEscapes from None
         raise _yaml_error(text, exc) from None
     finally:
         loader.dispose()
+
+
+def _join_json_escapes(text: str) -> tuple[str, list[tuple[int, int]]]:
+    """``text`` with each pair rewritten, and where each one ends in the new text.
+
+    The places are (line, column) pairs, 0-based, so that an error found in the new
+    text can be moved back to where the file has it.
+    """
+    moved: list[tuple[int, int]] = []
+    line, line_start, searched, on_line = 0, 0, 0, 0
+
+    def rewrite(match: re.Match[str]) -> str:
+        nonlocal line, line_start, searched, on_line
+        for brk in _BREAK.finditer(text, searched, match.start()):  # each break seen once
+            line, line_start, on_line = line + 1, brk.end(), 0
+        searched = match.end()
+        column = match.start() - line_start - _SHORTER * on_line + len(match[1])
+        moved.append((line, column + len(r"\U0001f600")))
+        on_line += 1
+        code = 0x10000 + ((int(match[2], 16) - 0xD800) << 10) + int(match[3], 16) - 0xDC00
+        return f"{match[1]}\\U{code:08x}"
+
+    return _SURROGATE_PAIR.sub(rewrite, text), moved
+
+
+def _moved_back(error: SpecError, moved: list[tuple[int, int]]) -> SpecError:
+    """``error`` at its column in the file as written, before the escapes were rewritten."""
+    if error.line is not None and error.column is not None:
+        error.column += _SHORTER * sum(1 for line, end in moved
+                                       if line == error.line - 1 and end <= error.column - 1)
+    return error
+
+
+def parse_job(data: bytes | str, name: str) -> JobSpec:
+    """Parse a job file's content into the JobSpec named ``name``; SpecError on any problem."""
+    text = _text_of(data)
+    try:
+        return _job(_compose(text), name)
+    except _JSONEscapes:
+        joined, moved = _join_json_escapes(text)
+        try:
+            return _job(_compose(joined, first_try=False), name)
+        except SpecError as error:
+            raise _moved_back(error, moved) from None
+
+
+def _job(root: Node | None, name: str) -> JobSpec:
+    """The JobSpec a file's node tree describes; SpecError at the value that is wrong."""
     if root is None or (isinstance(root, ScalarNode) and root.tag == _NULL):
         raise SpecError("the file is empty: write the command to run, e.g. `commands: df -h`")
     values: dict[str, Any] = {}

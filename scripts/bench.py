@@ -322,7 +322,7 @@ def measure_rescan(fx: Filerexec, rounds: int) -> list[float]:
         for _ in range(rounds):
             now = time.time()
             daemon._next_scan = 0.0  # a full rescan is due now
-            daemon._next_heartbeat = now + 3600.0  # measure the scan, not the heartbeat
+            daemon.publisher._next_heartbeat = now + 3600.0  # measure the scan, not the heartbeat
             t = time.perf_counter()
             daemon.step(now)
             times.append(time.perf_counter() - t)

@@ -8,8 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from filerexec import keystore
 from filerexec.cli import main
+from filerexec.signing import verify_signature
 
 
 def test_init_creates_spool_with_example(
@@ -32,6 +35,22 @@ def test_validate_reports_line_and_column(
     assert "good.yaml: ok" in out and "bad.yaml: line 2, column 10" in out
 
 
+def test_validate_shows_what_the_host_would_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    long = "rsync -a --delete /home/john/Documents/ /mnt/backup/john/Documents/ && echo done"
+    wrapped, script = tmp_path / "wrapped.yaml", tmp_path / "script.yaml"
+    wrapped.write_text(yaml.safe_dump({"commands": long + " at $(date)"}))
+    assert "\n  " in wrapped.read_text()  # PyYAML wrapped it onto two lines
+    script.write_text("commands:\n  - |\n    cd /tmp\n    ls\n  - df -h\nhost: [pc, nas]\n"
+                      "shell: bash\ncwd: ~/x\noperation: stop\n")
+    assert main(["validate", str(wrapped), str(script)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:3] == ["  runs on every host:", f"  1. {long} at $(date)"]
+    assert out[4:] == ["  runs on nas, pc with bash in ~/x, in order:", "  1. cd /tmp",
+                       "     ls", "  2. df -h",
+                       "  (operation: stop — it does not start, and is killed if it runs)"]
+
+
 def test_status_table_and_json_after_once(tmp_path: Path) -> None:
     spool = tmp_path / "s"
     assert main(["init", str(spool)]) == 0
@@ -51,3 +70,21 @@ def test_status_table_and_json_after_once(tmp_path: Path) -> None:
 
 def test_serve_on_missing_folder_is_a_usage_error(tmp_path: Path) -> None:
     assert main(["serve", str(tmp_path / "nope")]) == 2
+
+
+def test_sign_saves_a_utf16_file_as_utf8(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A signature line appended to UTF-16 bytes would be garbage: the file becomes UTF-8.
+    assert main(["keygen", "--name", "laptop"]) == 0
+    job = tmp_path / "jobs" / "backup.yaml"
+    job.parent.mkdir()
+    job.write_bytes(b"\xff\xfe" + "commands: echo grüß\r\n".encode("utf-16-le"))
+    assert main(["sign", str(job)]) == 0
+    assert "saved as UTF-8" in capsys.readouterr().out
+    body, token = verify_signature(job.read_bytes(), "backup",
+                                   keystore.load(keystore.default_key_dir()).hmac)
+    assert body == "commands: echo grüß\r\n".encode() and token
+    utf8 = tmp_path / "jobs" / "plain.yaml"
+    utf8.write_bytes(b"\xef\xbb\xbfcommands: ls\r\n")  # UTF-8 stays byte for byte
+    assert main(["sign", str(utf8)]) == 0
+    assert utf8.read_bytes().startswith(b"\xef\xbb\xbfcommands: ls\r\n# filerexec-signature")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import pickle
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -240,7 +240,11 @@ def test_empty_file(source: str | bytes) -> None:
 @pytest.mark.parametrize(("source", "says", "line", "column"), [
     (b"commands: ls\nrun: caf\xe9\n", "not UTF-8 text (byte 0xE9)", 2, 9),
     ("commands: ls\nrun: é".encode() + b"\xff", "not UTF-8", 2, 7),  # columns count characters
-    ("commands: ls".encode("utf-16"), "UTF-16", 1, 1),
+    ("commands: ls".encode("utf-16-le"), "looks like UTF-16 text without a byte-order mark", 1, 1),
+    ("commands: ls".encode("utf-16-be"), "looks like UTF-16 text without a byte-order mark", 1, 1),
+    ("commands: ls\nrun: x".encode("utf-16") + b"\x00", "saved as UTF-16, but is damaged", 2, 7),
+    (b"\xff\xfe" + "commands: ls\r\nrun: ".encode("utf-16-le") + b"\x00\xd8x\x00",
+     "saved as UTF-16, but is damaged", 2, 6),  # half a character
     (b"commands: ls\n\x00", "NUL byte", 2, 1),
     ("commands: l\x07s", "invisible character ('\\x07')", 1, 12),
     ("commands: ls\r\nrun: \x1b", "invisible character", 2, 6),
@@ -248,6 +252,40 @@ def test_empty_file(source: str | bytes) -> None:
 def test_unreadable_text(source: str | bytes, says: str, line: int, column: int) -> None:
     caught = error(source)
     assert says in caught.message and (caught.line, caught.column) == (line, column)
+
+
+# Windows PowerShell 5.1's `>` and Out-File write UTF-16 LE with a byte-order mark and CRLF.
+ENCODINGS = {
+    "UTF-16 LE (PowerShell)": lambda t: b"\xff\xfe" + t.replace("\n", "\r\n").encode("utf-16-le"),
+    "UTF-16 BE": lambda t: b"\xfe\xff" + t.encode("utf-16-be"),
+    "UTF-32 LE": lambda t: t.encode("utf-32"),
+    "UTF-32 BE": lambda t: b"\x00\x00\xfe\xff" + t.encode("utf-32-be"),
+    "UTF-8 with BOM, CRLF": lambda t: t.replace("\n", "\r\n").encode("utf-8-sig"),
+    "UTF-8, CRLF": lambda t: t.replace("\n", "\r\n").encode(),
+}
+
+
+@pytest.mark.parametrize("encode", ENCODINGS.values(), ids=ENCODINGS.keys())
+def test_encodings_with_a_byte_order_mark(encode: Callable[[str], bytes]) -> None:
+    source = "# Jöhn's backup 😀\ncommands:\n  - echo grüß dich 😀\n  - df -h\nhost: pc\n"
+    assert parse_job(encode(source), "j") == JobSpec(
+        name="j", commands=("echo grüß dich 😀", "df -h"), hosts=("pc",))
+
+
+@pytest.mark.parametrize("encode", ENCODINGS.values(), ids=ENCODINGS.keys())
+@pytest.mark.parametrize(("source", "line", "column"), [
+    ("commands: ls\nstdout: maybe\n", 2, 9),
+    ("# 😀 ü\ncommands: ls\nenv: {A: 😀, B: [1]}\n", 3, 16),  # columns count characters
+    ("commands: “ls”\n", 1, 11),
+    ("commands: ls\n\t- x\n", 2, 1),
+    ("commands: 'ü\n", 2, 1),
+    ("commands: ü\x07\n", 1, 12),
+    ("df -h\nuptime\n", 1, 1),
+])
+def test_errors_are_where_they_are_in_any_encoding(
+        encode: Callable[[str], bytes], source: str, line: int, column: int) -> None:
+    assert (error(source).line, error(source).column) == (line, column)
+    assert (error(encode(source)).line, error(encode(source)).column) == (line, column)
 
 
 def test_size_limit() -> None:
