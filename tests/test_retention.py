@@ -7,9 +7,13 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
 from filerexec.config import Settings
 from filerexec.daemon import Daemon
+from filerexec.ledger import Ledger
 from tests.conftest import Host
+from tests.test_model import FakeProcs
 from tests.util import wait_for
 
 
@@ -78,3 +82,43 @@ def test_retention_flag_reaches_the_real_daemon(host: Host) -> None:
     wait_for(lambda: not (host.status_dir / "brief.yaml").exists(), timeout=10,
              what="the deleted job's status to be removed")
     assert not (host.status_dir / "brief.log").exists()
+
+
+def test_a_ledger_error_during_retention_is_shown_and_retried_not_a_crash(
+        spool: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    procs, now = FakeProcs(), [time.time() + 10]  # after the file's mtime: read at once
+    settings = Settings(spool=spool, host="h", state_dir=tmp_path / "state", poll=True,
+                        settle=0.0, delete_grace=1.0, retention=100.0)
+    daemon = Daemon(settings, clock=lambda: now[0], procs=procs)
+    daemon.open()
+    try:
+        (spool / "jobs" / "gone.yaml").write_text("commands: 'exit 0 # n1'\n")
+        daemon.step(now[0])
+        procs.running()[0].end(0)
+        (spool / "jobs" / "gone.yaml").unlink()
+        for dt in (1.0, 1.0, 1.0):  # collected, missing, deletion confirmed
+            now[0] += dt
+            daemon.step(now[0])
+        assert daemon.jobs["gone"].deleted is not None
+
+        def full(*args: object, **kwargs: object) -> None:
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+
+        monkeypatch.setattr(Ledger, "save", full)
+        now[0] += 200
+        daemon.step(now[0])  # raised OperationalError before
+        assert daemon.writer.flush()
+        assert "ledger unwritable" in (spool / "status" / "h" / "host.yaml").read_text()
+        assert not (spool / "status" / "h" / "gone.yaml").exists()
+        monkeypatch.undo()
+        now[0] += 2
+        daemon.step(now[0])
+        assert daemon.table.ledger_problem is None
+    finally:
+        daemon.close()
+        procs.release()
+    db = sqlite3.connect(tmp_path / "state" / "ledger.sqlite")
+    try:
+        assert db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 0  # removed at last
+    finally:
+        db.close()
