@@ -74,6 +74,8 @@ class Daemon:
         self.runner: Runner = runner or LocalRunner(
             settings.state_dir / "runs", settings.host, self.wake.set, procs)
         self.publisher = Publisher(settings, writer)
+        self.jobs: dict[str, Job] = self.table.jobs  # the same dict, read only here
+        self.writer = self.publisher.writer
         self.lifecycle = Lifecycle(settings)
         self.ledger: Ledger | None = None
         self.warnings: list[str] = []  # shown in host.yaml: what the owner should fix
@@ -81,14 +83,6 @@ class Daemon:
         self._actions: list[Action] = []  # to carry out once their changes are committed
         self._sweeps: set[str] = set()  # run ids whose leftover processes are to be killed
         self._next_scan = 0.0
-
-    @property
-    def jobs(self) -> dict[str, Job]:
-        return self.table.jobs
-
-    @property
-    def writer(self) -> StatusWriter:
-        return self.publisher.writer
 
     # --- lifecycle ----------------------------------------------------------
 

@@ -9,7 +9,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02,
+def wait_for(predicate: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.02,
              what: str = "condition") -> T:
     """Call predicate until it returns something truthy; return that, or fail after timeout."""
     deadline = time.monotonic() + timeout
