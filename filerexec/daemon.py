@@ -272,18 +272,18 @@ class Daemon:
         self._commit_and_act(now)
 
     def _forget_expired(self, now: float) -> None:
-        """Deleted jobs whose retention is over: their status and log go, then their record."""
+        """Deleted jobs whose retention is over: their status and log go, then their record
+        (a crash in between only repeats the removal; a failed removal is retried)."""
+        expired = [name for name, end in self._retention_ends().items() if now >= end]
+        if expired and (removed := self.publisher.remove(expired, now)):
+            self.table.forget(removed, now)
+            self._commit(now)
+            logger.info("retention over, status removed: %s", ", ".join(sorted(removed)))
+
+    def _retention_ends(self) -> dict[str, float]:
+        retry = self.publisher.removal_retry
         ends = self.table.retention_ends(self.settings.retention)
-        expired = [name for name, end in ends.items() if now >= end]
-        if not expired:
-            return
-        # Queued writes first (they would recreate the files), then the files, then the
-        # record: a crash in between only repeats the removal.
-        self.writer.flush(timeout=5)
-        self.publisher.remove(expired, now)
-        self.table.forget(expired, now)
-        self._commit(now)
-        logger.info("retention over, status removed: %s", ", ".join(sorted(expired)))
+        return {name: max(end, retry) for name, end in ends.items()}
 
     # --- what the loop and host.yaml need to know ----------------------------
 
@@ -305,7 +305,7 @@ class Daemon:
         if self.table.ledger_problem is not None:
             deadlines.append(self.table.ledger_retry)
         deadlines.extend(self.reconciler.settling)
-        deadlines.extend(self.table.retention_ends(self.settings.retention).values())
+        deadlines.extend(self._retention_ends().values())
         for job in self.table.active_jobs():
             if (due := next_due(job, self.table.timing, now)) is not None:
                 deadlines.append(due)

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 LOG_REFRESH = 5.0  # how often a running job's log is copied into the synced folder
 INDEX_DELAY = 1.0  # coalesce index.md rewrites
+REMOVAL_RETRY = 5.0  # a status removal that failed (retention) is tried again this much later
 
 
 class Publisher:
@@ -40,6 +41,7 @@ class Publisher:
         self._index_due: float | None = 0.0  # written at once on start
         self._next_heartbeat = 0.0
         self._facts: HostFacts | None = None  # as last published
+        self.removal_retry = 0.0  # no retention removal before this (one failed)
 
     def run_ended(self, name: str, output: Path, files: Sequence[Path]) -> None:
         """A run is over: its log goes out first; its raw files once its status is written."""
@@ -97,13 +99,25 @@ class Publisher:
                 self.run_ended(job.name, runner.output_path(run.run_id),
                                runner.run_files(run.run_id))
 
-    def remove(self, names: Iterable[str], now: float) -> None:
-        """Retention is over: remove the jobs' status files and logs."""
-        for name in names:
-            self.status.remove_job(name)
-            self._log_refreshed.pop(name, None)
-            self._finished.pop(name, None)
+    def remove(self, names: Iterable[str], now: float) -> list[str]:
+        """Retention is over: remove the jobs' status files and logs; the names removed.
+
+        Queued writes go first (they would recreate the files). What cannot be removed
+        now (a folder that fails, a queue that does not drain) is tried again after
+        ``REMOVAL_RETRY``; until then ``removal_retry`` holds the retention back.
+        """
+        names = list(names)
+        removed = []
+        if self.writer.flush(timeout=5):
+            for name in names:
+                if self.status.remove_job(name):
+                    removed.append(name)
+                    self._log_refreshed.pop(name, None)
+                    self._finished.pop(name, None)
+        if len(removed) < len(names):
+            self.removal_retry = now + REMOVAL_RETRY
         self._index_due = self._next_heartbeat = now
+        return removed
 
     def next_due(self, now: float, logs_running: bool) -> float:
         """When the loop must next come back for this: heartbeat, index, running logs."""

@@ -107,29 +107,31 @@ def _check_no_links(base: Path, folder: Path) -> None:
             raise OSError(f"{current} is a symbolic link; not writing through it")
 
 
-def remove_below(base: Path, path: Path) -> None:
-    """Remove ``path`` if it exists, never through a link below ``base``."""
-    if not _DIR_FD:
-        try:
-            _check_no_links(base, path.parent)
-        except OSError as e:
-            logger.warning("not removing %s: %s", path, e)
-            return
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        return
+def remove_below(base: Path, path: Path) -> bool:
+    """Remove ``path`` if it exists, never through a link below ``base``.
+
+    True if it is gone (or was never there); False if it could not be removed (a link or
+    a file where a folder must be, a read-only or failing folder): the caller retries.
+    """
     try:
-        folder = _open_folder(base, path.parent, create=False)
-    except FileNotFoundError:
-        return
+        if not _DIR_FD:
+            _check_no_links(base, path.parent)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            return True
+        try:
+            folder = _open_folder(base, path.parent, create=False)
+        except FileNotFoundError:
+            return True
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path.name, dir_fd=folder)
+        finally:
+            os.close(folder)
     except OSError as e:  # a link on the way: whatever it points to is not ours to remove
         logger.warning("not removing %s: %s", path, e)
-        return
-    try:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path.name, dir_fd=folder)
-    finally:
-        os.close(folder)
+        return False
+    return True
 
 
 def holds(path: Path, data: bytes) -> bool:

@@ -73,10 +73,10 @@ class StatusDir:
         # lost here would be lost for good once the status is written.
         atomic_write(self.log_path(name), tail, self.spool)
 
-    def remove_job(self, name: str) -> None:
-        """Remove a job's status and log (the retention period of a deleted job is over)."""
-        for path in (self.job_path(name), self.log_path(name)):
-            remove_below(self.spool, path)
+    def remove_job(self, name: str) -> bool:
+        """Remove a job's status and log (its retention is over); False if either stays."""
+        removed = [remove_below(self.spool, p) for p in (self.job_path(name), self.log_path(name))]
+        return all(removed)
 
 
 def _checked(name: str) -> str:

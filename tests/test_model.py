@@ -138,12 +138,13 @@ class LedgerFull:
     """Make every ledger write fail as on a full disk, while ``on`` is set."""
 
     on = False
+    error = "database or disk is full"
     _save = ledger_module.Ledger.save
 
     @classmethod
     def save(cls, self: ledger_module.Ledger, *args: Any, **kwargs: Any) -> None:
         if cls.on:
-            raise sqlite3.OperationalError("database or disk is full")
+            raise sqlite3.OperationalError(cls.error)
         cls._save(self, *args, **kwargs)
 
     @classmethod
@@ -163,8 +164,10 @@ class DaemonModel(RuleBasedStateMachine):
         spool = self.tmp / "spool"
         (spool / "jobs").mkdir(parents=True)
         (spool / "status").mkdir()
+        # A short retention: removals of deleted jobs' statuses happen within an example,
+        # with the ledger full or read-only and the status folder failing among them.
         self.settings = Settings(spool=spool, host="h", state_dir=self.tmp / "state", poll=True,
-                                 settle=0.0, storm_starts=10_000)
+                                 settle=0.0, storm_starts=10_000, retention=5.0)
         self.status_dir = spool / "status" / "h"
         self.procs = FakeProcs()
         self.now = time.time() + 1000  # ahead of every real mtime: files are read at once
@@ -308,7 +311,11 @@ class DaemonModel(RuleBasedStateMachine):
 
     @rule(full=st.booleans())
     def ledger_full(self, full: bool) -> None:
-        LedgerFull.on = full
+        LedgerFull.on, LedgerFull.error = full, "database or disk is full"
+
+    @rule()
+    def ledger_read_only(self) -> None:
+        LedgerFull.on, LedgerFull.error = True, "attempt to write a readonly database"
 
     # --- invariants ---------------------------------------------------------------
 
@@ -362,6 +369,8 @@ class DaemonModel(RuleBasedStateMachine):
                 continue
             if doc["job"] in self.daemon.jobs:  # else the ledger never knew it (README)
                 assert doc["state"] not in ("pending", "running") and doc["deleted"], doc
+                # Its retention (5 s) is long over: the status had to go with the record.
+                assert False, f"{doc['job']}: deleted, retention over, status still there"
         for name, (_, digest) in self.present.items():
             nonce, code = self.truth[digest]
             run = finished.get((name, digest))

@@ -12,6 +12,7 @@ import pytest
 from filerexec.config import Settings
 from filerexec.daemon import Daemon
 from filerexec.ledger import Ledger
+from filerexec.publisher import REMOVAL_RETRY
 from tests.conftest import Host
 from tests.test_model import FakeProcs
 from tests.util import wait_for
@@ -122,3 +123,38 @@ def test_a_ledger_error_during_retention_is_shown_and_retried_not_a_crash(
         assert db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 0  # removed at last
     finally:
         db.close()
+
+
+def test_a_status_folder_failing_during_a_removal_keeps_the_record_until_it_works(
+        spool: Path, tmp_path: Path) -> None:
+    procs, now = FakeProcs(), [time.time() + 10]
+    settings = Settings(spool=spool, host="h", state_dir=tmp_path / "state", poll=True,
+                        settle=0.0, delete_grace=1.0, retention=100.0)
+    status = spool / "status" / "h"
+    daemon = Daemon(settings, clock=lambda: now[0], procs=procs)
+    daemon.open()
+    try:
+        (spool / "jobs" / "gone.yaml").write_text("commands: 'exit 0 # n1'\n")
+        daemon.step(now[0])
+        procs.running()[0].end(0)
+        (spool / "jobs" / "gone.yaml").unlink()
+        for _ in range(3):
+            now[0] += 1.0
+            daemon.step(now[0])
+        assert daemon.writer.flush() and (status / "gone.yaml").exists()
+        status.rename(tmp_path / "aside")  # the folder fails: a file where it must be
+        status.write_text("not a folder\n")
+        now[0] += 200
+        delay = daemon.step(now[0])
+        assert "gone" in daemon.jobs, "forgotten although its status could not be removed"
+        assert delay >= 0.5, "a failing removal must not spin the loop"
+        status.unlink()
+        (tmp_path / "aside").rename(status)
+        now[0] += REMOVAL_RETRY
+        daemon.step(now[0])
+        assert daemon.writer.flush()
+        assert not (status / "gone.yaml").exists() and not (status / "gone.log").exists()
+        assert "gone" not in daemon.jobs
+    finally:
+        daemon.close()
+        procs.release()
