@@ -18,7 +18,17 @@ from typing import Any
 
 import yaml
 
-from filerexec import __version__, completion, config, keystore, migrate, service, signing, view
+from filerexec import (
+    __version__,
+    completion,
+    config,
+    keystore,
+    migrate,
+    process,
+    service,
+    signing,
+    view,
+)
 from filerexec.completion import with_completion
 from filerexec.config import default_host
 from filerexec.machine import State
@@ -33,13 +43,16 @@ OK, FAILURE, USAGE, ALREADY_RUNNING = 0, 1, 2, 3
 logger = logging.getLogger("filerexec")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, procs: process.Api = process) -> int:
+    """The command line; ``procs`` is the process API ``serve`` runs jobs with (a test
+    injects one that fails where it wants a fault: tests/dying_daemon.py)."""
     parser = _parser()
     completion.autocomplete(parser)  # answers a TAB and exits, when the shell asks
     before, command = _split_command(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(before)
     if command is not None:
         args.words = command
+    args.procs = procs
     if not getattr(args, "command", None):
         parser.print_help()
         return USAGE
@@ -239,7 +252,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # imports (watchdog, psutil, sqlite3) would make each one slower.
     from filerexec.daemon import AlreadyRunning, Daemon
 
-    daemon = Daemon(settings)
+    daemon = Daemon(settings, procs=args.procs)
     try:
         daemon.open()
     except AlreadyRunning as e:

@@ -34,9 +34,6 @@ from filerexec.machine import (
 logger = logging.getLogger(__name__)
 
 ADOPTED_POLL = 1.0  # how often a run this daemon did not spawn (adopted) is checked
-# Test hook: with this set, the daemon dies right after committing "starting" and before
-# the spawn, the narrowest crash window there is (tests/test_crash.py).
-CRASH_BEFORE_SPAWN_VAR = "FILEREXEC_TEST_CRASH_BEFORE_SPAWN"
 VANISHED_WHILE_STARTING = "the daemon stopped while starting it; it is not run again"
 
 
@@ -125,9 +122,6 @@ class LocalRunner:
             stdout=spec.stdout, stderr=spec.stderr,
             output_path=self.output_path(run_id), exit_path=self.exit_path(run_id),
         )
-        if os.environ.get(CRASH_BEFORE_SPAWN_VAR):
-            logger.error("test hook %s: dying before the spawn", CRASH_BEFORE_SPAWN_VAR)
-            os._exit(70)
         try:
             child = self.procs.spawn(launch)
         except Exception as e:

@@ -29,13 +29,14 @@ class Host:
         self.log = state.parent / f"daemon-{name}.log"
         self.extra_args: list[str] = ["--rescan", "1"]
         self.prefix: list[str] = []  # e.g. setpriv: run the daemon with fewer privileges
+        self.entry = ["-m", "filerexec"]  # or a test's own entry (tests/dying_daemon.py)
 
     @property
     def status_dir(self) -> Path:
         return self.spool / "status" / self.name
 
     def start(self, *args: str) -> subprocess.Popen[bytes]:
-        argv = [sys.executable, "-m", "filerexec", "serve", str(self.spool), "--host", self.name,
+        argv = [sys.executable, *self.entry, "serve", str(self.spool), "--host", self.name,
                 "--state-dir", str(self.state), "-v", *self.extra_args, *args]
         argv = [*self.prefix, *argv]
         with open(self.log, "ab") as log:

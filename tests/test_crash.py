@@ -18,8 +18,8 @@ import yaml
 from filerexec import process
 from filerexec.config import Settings
 from filerexec.daemon import Daemon
-from filerexec.runner import CRASH_BEFORE_SPAWN_VAR
 from tests.conftest import Host, pid_alive
+from tests.dying_daemon import DIED_BEFORE_SPAWN
 from tests.test_daemon import started_runs
 from tests.test_model import FakeProcs
 from tests.util import wait_for
@@ -105,15 +105,15 @@ def test_reused_pid_is_never_signalled_and_vanished_job_is_lost_not_rerun(
 
 
 def test_crash_between_starting_and_spawn_is_reported_never_rerun(
-        host: Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        host: Host, tmp_path: Path) -> None:
     marker = tmp_path / "ran"
-    monkeypatch.setenv(CRASH_BEFORE_SPAWN_VAR, "1")
+    host.entry = ["-m", "tests.dying_daemon"]
     proc = host.start()
     host.drop("c.yaml", f"commands: touch {marker}\n")
-    assert proc.wait(timeout=30) == 70  # died right after committing "starting"
+    assert proc.wait(timeout=30) == DIED_BEFORE_SPAWN  # right after committing "starting"
     host.proc = None
     assert started_runs(host, "c") == 1 and not marker.exists()
-    monkeypatch.delenv(CRASH_BEFORE_SPAWN_VAR)
+    host.entry = ["-m", "filerexec"]
     host.start()
     doc = host.wait_state("c", "lost")
     assert doc["reason"] == "the daemon stopped while starting it; it is not run again"

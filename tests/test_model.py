@@ -370,7 +370,7 @@ class DaemonModel(RuleBasedStateMachine):
             if doc["job"] in self.daemon.jobs:  # else the ledger never knew it (README)
                 assert doc["state"] not in ("pending", "running") and doc["deleted"], doc
                 # Its retention (5 s) is long over: the status had to go with the record.
-                assert False, f"{doc['job']}: deleted, retention over, status still there"
+                raise AssertionError(f"{doc['job']}: deleted, retention over, status still there")
         for name, (_, digest) in self.present.items():
             nonce, code = self.truth[digest]
             run = finished.get((name, digest))
