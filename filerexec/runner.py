@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from filerexec import process
+from filerexec.config import DEFAULTS
 from filerexec.machine import (
     Exited,
     Observed,
@@ -30,6 +31,7 @@ from filerexec.machine import (
     Start,
     Vanished,
 )
+from filerexec.output import Trimmer
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +84,10 @@ class LocalRunner:
     """Runs on this host: a process group per run, its output straight into a file."""
 
     def __init__(self, runs_dir: Path, host: str, wake: Callable[[], None],
-                 procs: process.Api = process) -> None:
+                 procs: process.Api = process, keep: int = DEFAULTS["log_cap"]) -> None:
         self.runs_dir = runs_dir
         self.host = host
+        self._trimmer = Trimmer(keep)  # a job printing without end must not fill the disk
         self.procs = procs  # the process API: the real module, or a test's fake
         self._wake = wake
         self._children: dict[str, process.Started] = {}  # run id → child we spawned
@@ -133,6 +136,7 @@ class LocalRunner:
         logger.info("job %s started (run %s, pid %d)", action.name, run_id, child.handle.pid)
         self._children[run_id] = child
         self._waiters.submit(run_id, child)
+        self._trimmer.watch(launch.output_path)
         return Observed(action.name, Spawned(child.handle.pid, child.handle.create_time))
 
     def _wait_child(self, run_id: str, child: process.Started) -> None:
@@ -178,6 +182,7 @@ class LocalRunner:
             others = [(n, r) for n, r in runs
                       if r.run_id not in self._children and r.run_id not in ended]
             seen.extend(self.adopt(others, now))
+        self._trimmer.only(self.output_path(r.run_id) for _, r in runs if r.run_id not in ended)
         return seen
 
     def adopt(self, running: Iterable[tuple[str, Run]], now: float) -> list[Observed]:
