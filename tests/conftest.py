@@ -40,9 +40,9 @@ class Host:
                 "--state-dir", str(self.state), "-v", *self.extra_args, *args]
         argv = [*self.prefix, *argv]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
-        wait_for(lambda: (self.status_dir / "host.yaml").exists() or self.proc.poll() is not None,
+            proc = self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                                stdin=subprocess.DEVNULL)
+        wait_for(lambda: (self.status_dir / "host.yaml").exists() or proc.poll() is not None,
                  timeout=15, what="the daemon to write host.yaml")
         return self.proc
 

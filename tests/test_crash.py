@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -33,11 +34,11 @@ def ledger(host: Host) -> sqlite3.Connection:
     return host.ledger()
 
 
-def host_doc(host: Host) -> dict[str, object]:
+def host_doc(host: Host) -> dict[str, Any]:
     return host.heartbeat()
 
 
-def serving(host: Host) -> dict[str, object]:
+def serving(host: Host) -> dict[str, Any]:
     """Start the daemon and wait until *this* process has written host.yaml."""
     proc = host.start()
     return wait_for(lambda: (d := host_doc(host)).get("pid") == proc.pid and d,

@@ -7,6 +7,7 @@ The seed is printed on failure; FAULT_SEED=N repeats a run, FAULT_CYCLES=N chang
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -121,8 +122,8 @@ def test_sigkill_at_random_moments_never_runs_twice_never_loses(
                 pid_file = pid_file or wait_for(
                     lambda: next(host.state.glob("spools/*/daemon.pid"), None), timeout=15,
                     what="the state folder")
-                wait_for(lambda p=pid_file, q=proc: _read(p) == str(q.pid) or q.poll() is not None,
-                         timeout=15, what="the daemon to open")
+                wait_for(functools.partial(_opened, pid_file, proc), timeout=15,
+                         what="the daemon to open")
             for _ in range(rng.randint(0, 3)):
                 world.operate()
                 time.sleep(rng.uniform(0, 0.15))  # the random moment, not a wait for anything
@@ -134,6 +135,11 @@ def test_sigkill_at_random_moments_never_runs_twice_never_loses(
         assert host.proc is not None and host.proc.poll() is None, "the final daemon died"
     except AssertionError as e:
         raise AssertionError(f"FAULT_SEED={seed}: {e}") from None
+
+
+def _opened(pid_file: Path, proc: subprocess.Popen[bytes]) -> bool:
+    """The daemon wrote its pid (it holds the lock), or it has already died."""
+    return _read(pid_file) == str(proc.pid) or proc.poll() is not None
 
 
 def _read(path: Path) -> str:
@@ -164,8 +170,8 @@ def _settle_and_check(host: Host, world: World) -> None:
             if (name, digest) not in finished:
                 return False
         for name in world.deleted:
-            doc = host.status(name)
-            if doc is not None and (doc.get("state") == "running" or not doc.get("deleted")):
+            gone = host.status(name)
+            if gone is not None and (gone.get("state") == "running" or not gone.get("deleted")):
                 return False
         # Nothing is left running at all: not a deleted job, not an escapee, not a stray.
         return not process._carriers(*(r[0] for r in runs))

@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from filerexec import ledger as ledger_module
 from filerexec import process
 from filerexec.config import Settings
 from filerexec.daemon import Daemon
+from filerexec.machine import Job
 from filerexec.spec import parse_job
 from filerexec.writer import StatusDir, StatusWriter
 
@@ -189,9 +190,9 @@ class DaemonModel(RuleBasedStateMachine):
         daemon = Daemon(self.settings, clock=lambda: self.now, procs=self.procs, writer=writer)
         write_job = writer.status.write_job
 
-        def crashing_write_job(*args: Any, **kwargs: Any) -> None:
+        def crashing_write_job(job: Job, conflicts: Iterable[str] = ()) -> bool:
             self.procs._maybe_crash("publish")  # after the commit, before the status file
-            write_job(*args, **kwargs)
+            return write_job(job, conflicts)
 
         writer.status.write_job = crashing_write_job  # type: ignore[method-assign]
         self.daemon = daemon
@@ -357,11 +358,11 @@ class DaemonModel(RuleBasedStateMachine):
         spawned = {p.nonce: p for p in self.procs.procs.values()}
         for run in runs:
             nonce, _ = self.truth[run["digest"]]
-            proc = spawned.get(nonce)
+            ran = spawned.get(nonce)
             if run["outcome"] in ("succeeded", "failed"):
-                assert proc is not None and run["exit_code"] == proc.result, run
+                assert ran is not None and run["exit_code"] == ran.result, run
             elif run["outcome"] == "lost":
-                assert proc is None or proc.result is None, run  # never spawned, or KILLed
+                assert ran is None or ran.result is None, run  # never spawned, or KILLed
         finished = {(r["job"], r["digest"]): r for r in runs if r["outcome"]}
         for path in self.status_dir.glob("*.yaml"):
             doc = yaml.safe_load(path.read_text())
@@ -373,8 +374,8 @@ class DaemonModel(RuleBasedStateMachine):
                 raise AssertionError(f"{doc['job']}: deleted, retention over, status still there")
         for name, (_, digest) in self.present.items():
             nonce, code = self.truth[digest]
-            run = finished.get((name, digest))
-            assert run is not None, f"{name} {nonce}: never ran (lost without a trace)"
+            last = finished.get((name, digest))
+            assert last is not None, f"{name} {nonce}: never ran (lost without a trace)"
             doc = yaml.safe_load((self.status_dir / f"{name}.yaml").read_text())
             assert doc["digest"] == digest[:12]
             if nonce in spawned:
@@ -392,4 +393,5 @@ DaemonModel.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow])
 TestDaemonModel = DaemonModel.TestCase
 # About a second an example on a loaded 2-core machine; a hunt gets the time it asks for.
-TestDaemonModel.pytestmark = [pytest.mark.slow, pytest.mark.timeout(max(240, EXAMPLES * 4))]
+TestDaemonModel.pytestmark = [  # type: ignore[attr-defined]
+    pytest.mark.slow, pytest.mark.timeout(max(240, EXAMPLES * 4))]

@@ -12,14 +12,15 @@ import pytest
 import yaml
 from watchdog.events import FileCreatedEvent, FileMovedEvent
 
+from filerexec import process
 from filerexec import reconcile as reconcile_module
-from filerexec import runner as runner_module
 from filerexec.config import Settings
 from filerexec.daemon import Daemon
 from filerexec.ledger import Ledger
 from filerexec.machine import Job, Readiness, State, Version
 from filerexec.render import render_index
 from filerexec.spec import parse_job
+from filerexec.spool import read_job_file, scan
 from filerexec.watch import Hint, Hints, Watcher, _Handler
 from filerexec.writer import StatusDir, StatusWriter
 from tests.conftest import Host
@@ -186,7 +187,7 @@ def test_restart_reads_only_files_changed_since_a_clean_stop(
         first.lifecycle.release()
     (spool / "jobs" / "b.yaml").write_text("commands: echo b2\n")
     read: list[str] = []
-    real = reconcile_module.read_job_file
+    real = read_job_file
     monkeypatch.setattr(reconcile_module, "read_job_file",
                         lambda info, cap: read.append(info.path.name) or real(info, cap))
     second = _serve_once(spool, tmp_path / "state")
@@ -204,10 +205,10 @@ def test_moved_in_file_starts_before_jobs_is_listed_unless_another_file_names_it
     daemon.open()
     daemon.run(threading.Event(), once=True)  # the first listing; b has run
     order: list[str] = []
-    real_scan, real_spawn = reconcile_module.scan, runner_module.process.spawn
+    real_scan, real_spawn = scan, process.spawn
     monkeypatch.setattr(reconcile_module, "scan",
                         lambda d: order.append("scan") or real_scan(d))
-    monkeypatch.setattr(runner_module.process, "spawn",
+    monkeypatch.setattr(process, "spawn",
                         lambda launch: order.append("spawn") or real_spawn(launch))
 
     def deliver(name: str) -> None:

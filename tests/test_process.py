@@ -324,9 +324,9 @@ def test_windows_terminate_and_kill_end_the_tree_with_taskkill_by_absolute_path(
     calls: list[list[str]] = []
     monkeypatch.setattr(process, "_NT", True)
     monkeypatch.setenv("SYSTEMROOT", r"D:\Win")
-    monkeypatch.setattr(process.subprocess, "run",
-                        lambda argv, **kw: calls.append(argv))  # type: ignore[misc]
-    monkeypatch.setattr(process.os, "killpg", lambda *a: pytest.fail("killpg on Windows"))
+    monkeypatch.setattr("filerexec.process.subprocess.run",
+                        lambda argv, **kw: calls.append(argv))
+    monkeypatch.setattr("filerexec.process.os.killpg", lambda *a: pytest.fail("killpg on Windows"))
     monkeypatch.setattr(process, "alive", lambda handle: handle.pid == 42)
     process.terminate(Handle(42, 1.0), "run")
     process.kill(Handle(42, 1.0), "run")

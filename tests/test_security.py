@@ -9,6 +9,7 @@ import os
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -28,7 +29,7 @@ from tests.util import wait_for
 TOUCH = "commands: touch {marker}\n"
 
 
-def heartbeat(host: Host) -> dict[str, object]:
+def heartbeat(host: Host) -> dict[str, Any]:
     doc = yaml.safe_load((host.status_dir / "host.yaml").read_text())
     assert isinstance(doc, dict)
     return doc
@@ -183,10 +184,10 @@ def test_root_is_warned_about_in_the_log_and_host_yaml(host: Host) -> None:
     host.start()
     warnings = heartbeat(host).get("warnings") or []
     if os.geteuid() == 0:
-        assert any("root" in w for w in warnings)  # type: ignore[union-attr]
+        assert any("root" in w for w in warnings)
         assert "SECURITY WARNING: running as root" in host.log.read_text()
     else:
-        assert not any("root" in w for w in warnings)  # type: ignore[union-attr]
+        assert not any("root" in w for w in warnings)
 
 
 def test_root_warning_whatever_user_runs_the_tests(tmp_path: Path,

@@ -134,7 +134,7 @@ def as_user(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[list[str]]:
     """An ordinary user "alice" with a home in tmp_path; commands are recorded, not run."""
     ran: list[list[str]] = []
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    monkeypatch.setattr(service.getpass, "getuser", lambda: "alice")
+    monkeypatch.setattr("filerexec.service.getpass.getuser", lambda: "alice")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
     monkeypatch.delenv("SUDO_USER", raising=False)
     monkeypatch.setattr(process, "run_tool", lambda argv: ran.append(argv) or 0)
@@ -175,7 +175,7 @@ def test_cli_install_failure_and_missing_spool(
 def test_never_root_silently(monkeypatch: pytest.MonkeyPatch, spool: Path,
                              capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    monkeypatch.setattr(service.getpass, "getuser", lambda: "root")
+    monkeypatch.setattr("filerexec.service.getpass.getuser", lambda: "root")
     monkeypatch.delenv("SUDO_USER", raising=False)
 
     def show(*args: str) -> tuple[int, str]:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 T = TypeVar("T")
 
 
-def wait_for(predicate: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.02,
-             what: str = "condition") -> T:
+def wait_for(predicate: Callable[[], T | Literal[False] | None], timeout: float = 10.0,
+             interval: float = 0.02, what: str = "condition") -> T:
     """Call predicate until it returns something truthy; return that, or fail after timeout."""
     deadline = time.monotonic() + timeout
     while True:
