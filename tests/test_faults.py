@@ -18,6 +18,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from filerexec import process
 from filerexec.spec import parse_job
 from tests.conftest import Host
@@ -101,6 +103,7 @@ class World:
             copy.write_text(f"commands: echo {nonce} >> {self.starts}\n")
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_never_runs_twice_never_loses(
         host: Host, spool: Path, tmp_path: Path) -> None:
     seed = int(os.environ.get("FAULT_SEED", str(time.time_ns() % 1_000_000)))

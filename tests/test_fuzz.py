@@ -136,6 +136,7 @@ def check_signature(data: bytes) -> None:
             .rstrip(b"\n") == data.rstrip(b"\n"))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(max(120, EXAMPLES // 50))  # a longer run on demand gets longer
 @settings(max_examples=EXAMPLES, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -26,6 +26,7 @@ JOBS = int(os.environ.get("LOST_EVENTS_JOBS", "8000"))
 RSS_LIMIT = 400 * 1024 * 1024  # generous: the daemon holds every job's record in memory
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_sigstopped_daemon_misses_events_yet_runs_every_job_once(
         host: Host, tmp_path: Path) -> None:

@@ -151,6 +151,7 @@ def test_restart_rewrites_no_unchanged_status_file_and_keeps_seen(host: Host) ->
     assert host.log_of("a") == "a\n"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotifywait is Linux-only")
 def test_bench_quick_completes_and_prints_a_table() -> None:
     import shutil

@@ -25,7 +25,7 @@ from tests.conftest import Host, _kill_leftovers, pid_alive
 from tests.syncthing import Mesh, unavailable_reason
 from tests.util import wait_for
 
-pytestmark = pytest.mark.syncthing
+pytestmark = [pytest.mark.syncthing, pytest.mark.slow]
 
 HOSTS = ("a", "b")
 SYNC = 60  # generous: a sync round trip is about a second here, a reconnect a few seconds
