@@ -10,8 +10,12 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
+from filerexec.config import Settings
+from filerexec.daemon import Daemon
 from tests.conftest import Host, pid_alive
+from tests.test_model import FakeProcs
 from tests.util import wait_for
 
 
@@ -92,25 +96,39 @@ def test_delete_kills_whole_tree_including_background_grandchildren(
     wait_for(lambda: not any(pid_alive(p) for p in sleeps), what="every sleep to be gone")
 
 
-def test_replace_by_rename_within_grace_never_kills(host: Host) -> None:
-    host.start()
-    host.drop("r.yaml", "commands: sleep 30\n")
-    host.wait_state("r", "running")
-    job = host.spool / "jobs" / "r.yaml"
-    aside = job.with_name(".r.yaml.aside")
-    status = host.status_dir / "r.yaml"
-    inode = status.stat().st_ino
-    os.replace(job, aside)  # what a sync client resolving a conflict does for a moment
-    gone_at = time.time()
-    # The daemon noticed the absence: it rewrote the status (its record changed).
-    wait_for(lambda: status.stat().st_ino != inode, what="the daemon to see the file missing")
-    os.replace(aside, job)
-    # Past the 2 s grace, plus a 1 s rescan: the deletion would have been confirmed by now.
-    wait_for(lambda: time.time() > gone_at + 3.5, what="the grace period to pass")
-    doc = host.status("r")
-    assert doc and doc["state"] == "running" and "deleted" not in doc
-    (host.spool / "jobs" / "r.yaml").unlink()
-    host.wait_state("r", "killed", timeout=20)
+@pytest.mark.parametrize("back", [True, False])
+def test_replace_by_rename_within_grace_never_kills(
+        spool: Path, tmp_path: Path, back: bool) -> None:
+    """The file away for a moment (a sync client resolving a conflict) kills nothing; away
+    past the grace, it is a deletion. A fake clock shows what did *not* happen."""
+    procs, now = FakeProcs(), time.time() + 10  # after the file's mtime: read at once
+    settings = Settings(spool=spool, host="h", state_dir=tmp_path / "state", poll=True,
+                        settle=0.0, delete_grace=2.0, poll_interval=1.0)
+    daemon = Daemon(settings, clock=lambda: now, procs=procs)
+    daemon.open()
+    try:
+        job = spool / "jobs" / "r.yaml"
+        job.write_text("commands: 'exit 0 # n1'\n")
+        daemon.step(now)
+        assert daemon.jobs["r"].running
+        aside = job.with_name(".r.yaml.aside")
+        os.replace(job, aside)
+        now += 1.0
+        daemon.step(now)
+        assert daemon.jobs["r"].missing_since == now  # seen missing, not yet deleted
+        if back:
+            os.replace(aside, job)
+        for _ in range(5):  # well past the 2 s grace, a listing every second
+            now += 1.0
+            daemon.step(now)
+        r = daemon.jobs["r"]
+        if back:
+            assert r.running and r.kill is None and r.deleted is None and procs.running()
+        else:
+            assert r.deleted is not None and not procs.running()
+    finally:
+        daemon.close()
+        procs.release()
 
 
 def test_edit_while_running_queues_behind_it(host: Host, tmp_path: Path) -> None:

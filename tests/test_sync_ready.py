@@ -18,13 +18,17 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+import yaml
 
+from filerexec.config import Settings
+from filerexec.daemon import Daemon
 from filerexec.machine import Job, Readiness, Run, State, Version
 from filerexec.render import delays, timestamp
 from filerexec.spec import parse_job
 from filerexec.spool import FileStat, NotReady, is_placeholder, read_job_file
 from tests.conftest import Host
 from tests.test_daemon import started_runs
+from tests.test_model import FakeProcs
 from tests.util import wait_for
 
 
@@ -77,46 +81,100 @@ def test_delays_rendering() -> None:
     assert delays(Job("j", State.KILLED, run=run)) == ""  # deleted: no version
 
 
-def _stamp_passes(doc: dict[str, Any]) -> bool:
-    """The clock has moved past the status's ``seen`` second (so a new seen would differ)."""
-    return time.time() >= datetime.fromisoformat(doc["seen"]).timestamp() + 1.2
+class Served:
+    """A daemon in this process with fake processes and a fake clock: time passing is shown
+    by moving the clock, never by waiting for the real one."""
+
+    def __init__(self, spool: Path, state: Path) -> None:
+        self.spool, self.now, self.procs = spool, time.time() + 100, FakeProcs()
+        self.settings = Settings(spool=spool, host="h", state_dir=state, poll=True,
+                                 settle=0.0, delete_grace=1.0)
+        self.daemon = self.open()
+
+    def open(self) -> Daemon:
+        daemon = Daemon(self.settings, clock=lambda: self.now, procs=self.procs)
+        daemon.open()
+        return daemon
+
+    def drop(self, name: str, text: str, mtime: float) -> None:
+        target = self.spool / "jobs" / name
+        tmp = target.with_name(f".syncthing.{name}.tmp")
+        tmp.write_text(text)
+        os.utime(tmp, (mtime, mtime))
+        os.replace(tmp, target)
+
+    def step(self, dt: float = 1.0) -> None:
+        self.now += dt
+        self.daemon.step(self.now)
+        for proc in self.procs.running():
+            proc.end(proc.code)
+        self.daemon.step(self.now)
+
+    def doc(self, name: str) -> dict[str, Any]:
+        assert self.daemon.writer.flush()
+        doc = yaml.safe_load((self.spool / "status" / "h" / f"{name}.yaml").read_text())
+        assert isinstance(doc, dict)
+        return doc
+
+    def close(self) -> None:
+        self.daemon.close()
+        self.procs.release()
 
 
-def test_seen_survives_touch_identical_redelivery_and_restart(host: Host) -> None:
-    host.start()
-    text = "commands: 'true'\n"
-    job = drop_with_mtime(host, "keep.yaml", text, time.time() - 3)
-    first = host.wait_state("keep", "succeeded")
-    wait_for(lambda: _stamp_passes(first), what="the clock to pass the first seen")
+def test_seen_survives_touch_identical_redelivery_and_restart(
+        spool: Path, tmp_path: Path) -> None:
+    host = Served(spool, tmp_path / "state")
+    try:
+        text = "commands: 'exit 0 # n1'\n"
+        host.drop("keep.yaml", text, host.now - 3)
+        host.step()
+        first = host.doc("keep")
+        assert first["state"] == "succeeded" and first["seen"] == timestamp(host.now)
+        host.now += 60  # a new seen would differ by a minute
+        host.drop("keep.yaml", text, host.now - 1)  # an identical re-delivery
+        host.step()
+        assert host.doc("keep")["modified"] == timestamp(host.now - 2)
+        assert host.doc("keep")["seen"] == first["seen"]
+        os.utime(spool / "jobs" / "keep.yaml", (host.now, host.now))  # a touch
+        host.step()
+        touched = host.doc("keep")
+        assert touched["modified"] != first["modified"] and touched["seen"] == first["seen"]
+        host.daemon.close()
+        host.now += 60
+        host.daemon = host.open()
+        host.drop("keep.yaml", text, host.now + 5)
+        host.step()
+        after = host.doc("keep")
+        assert after["modified"] == timestamp(host.now + 4)  # read again, after the restart
+        assert after["seen"] == first["seen"] and after["started"] == first["started"]
+        assert after["runs"] == 1 and len(host.procs.procs) == 1
+    finally:
+        host.close()
 
-    def redeliver(mtime: float) -> dict[str, Any]:
-        drop_with_mtime(host, "keep.yaml", text, mtime)
-        return wait_for(lambda: (d := host.status("keep")) and d["modified"] == timestamp(mtime)
-                        and d, what="the daemon to read the re-delivered file")
 
-    assert redeliver(time.time() - 1)["seen"] == first["seen"]  # identical re-delivery
-    os.utime(job, (time.time(), time.time()))  # a touch
-    touched = wait_for(lambda: (d := host.status("keep")) and d["modified"] != first["modified"]
-                       and d, what="the daemon to read the touched file")
-    assert touched["seen"] == first["seen"]
-    host.stop()
-    host.start()
-    after = redeliver(time.time() + 5)
-    assert after["seen"] == first["seen"] and after["started"] == first["started"]
-    assert started_runs(host, "keep") == 1
-
-
-def test_seen_is_new_for_a_new_version_and_for_a_redrop_after_deletion(host: Host) -> None:
-    host.start()
-    drop_with_mtime(host, "v.yaml", "commands: 'true'\n", time.time())
-    first = host.wait_state("v", "succeeded")
-    wait_for(lambda: _stamp_passes(first), what="the clock to pass the first seen")
-    (host.spool / "jobs" / "v.yaml").unlink()
-    wait_for(lambda: (host.status("v") or {}).get("deleted"), what="the deletion")
-    drop_with_mtime(host, "v.yaml", "commands: 'true'\n", time.time())
-    again = wait_for(lambda: (d := host.status("v")) and d["runs"] == 2 and
-                     d["state"] == "succeeded" and d, what="the re-dropped job to run")
-    assert again["seen"] != first["seen"] and again["seen"] <= again["started"]
+def test_seen_is_new_for_a_new_version_and_for_a_redrop_after_deletion(
+        spool: Path, tmp_path: Path) -> None:
+    host = Served(spool, tmp_path / "state")
+    try:
+        host.drop("v.yaml", "commands: 'exit 0 # n1'\n", host.now)
+        host.step()
+        first = host.doc("v")
+        host.now += 60
+        (spool / "jobs" / "v.yaml").unlink()
+        for _ in range(3):  # missing, then confirmed after the grace
+            host.step()
+        assert host.doc("v").get("deleted")
+        host.drop("v.yaml", "commands: 'exit 0 # n1'\n", host.now)
+        host.step()
+        again = host.doc("v")
+        assert again["runs"] == 2 and again["state"] == "succeeded"
+        assert again["seen"] != first["seen"] and again["seen"] <= again["started"]
+        host.drop("v.yaml", "commands: 'exit 0 # n2'\n", host.now)  # a new version
+        host.now += 60
+        host.step()
+        assert host.doc("v")["seen"] == timestamp(host.now) != again["seen"]
+    finally:
+        host.close()
 
 
 # --- stale jobs -----------------------------------------------------------------
