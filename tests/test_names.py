@@ -145,3 +145,11 @@ def test_classify_path_like_text(pieces: list[str], sep: str) -> None:
 @given(st.text(max_size=300))
 def test_classify_never_raises_nor_names_unsafe_jobs(path: str) -> None:
     assert_safe_verdict(path)
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "sync-names.tsv"
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="no shared/ beside this clone to compare with")
+def test_the_copy_of_the_table_is_the_shared_one() -> None:
+    assert TABLE.read_text(encoding="utf-8") == SHARED.read_text(encoding="utf-8")
