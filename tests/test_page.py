@@ -90,6 +90,7 @@ def test_status_dir_reads_a_log_back_only_as_a_plain_file(tmp_path: Path) -> Non
     assert "after a restart" in html and "top secret" not in html
 
 
+@pytest.mark.slow
 def test_the_daemon_writes_the_page_with_the_jobs_and_a_fresh_heartbeat(host: Host) -> None:
     host.extra_args += ["--heartbeat", "1"]
     host.start()
