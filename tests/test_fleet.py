@@ -44,6 +44,8 @@ def test_a_job_for_a_label_runs_on_the_host_that_carries_it(
     wait_for(lambda: host.heartbeat().get("labels") == ["gpu", "Linux"], what="the labels")
     index = (host.status_dir / "index.md").read_text()
     assert "Labels: gpu, Linux." in index
+    wait_for(lambda: "labels: gpu, Linux" in (host.status_dir / "index.html").read_text(),
+             what="index.html to show the labels")
     assert cli.main(["status", str(host.spool)]) == cli.OK
     hosts = capsys.readouterr().out.split("\n\n")[-1].splitlines()
     assert hosts[0].split() == ["HOST", "STATE", "LABELS"]
