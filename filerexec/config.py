@@ -28,6 +28,8 @@ import yaml
 
 from filerexec import APP
 from filerexec.spec import MAX_JOB_BYTES, SpecError, parse_duration
+from filerexec.syncthing import SyncthingConfig
+from filerexec.syncthing import parse_config as parse_syncthing
 
 CONFIG_VAR = "FILEREXEC_CONFIG"
 STATE_VAR = "FILEREXEC_STATE_DIR"
@@ -75,6 +77,7 @@ DEFAULTS: dict[str, Any] = {
     "storm_starts": 5,  # more daemon starts than this within storm_window → safe mode
     "storm_window": 120.0,
     "labels": (),  # what else this host answers to in a job's `host:` (DESIGN §12)
+    "syncthing": None,  # ask the local Syncthing to scan status/HOST/ after writes (DESIGN §13)
 }
 _D = DEFAULTS
 
@@ -102,6 +105,7 @@ class Settings:
     storm_starts: int = _D["storm_starts"]
     storm_window: float = _D["storm_window"]
     labels: tuple[str, ...] = _D["labels"]
+    syncthing: SyncthingConfig | None = _D["syncthing"]
 
     @property
     def jobs_dir(self) -> Path:
@@ -228,6 +232,8 @@ class Key:
         """The value as a person would write it in the config file."""
         if value is None:
             return None
+        if isinstance(value, SyncthingConfig):
+            return value.shown() or True
         if self.parse in (_duration, _interval):
             return _human_duration(value)
         if self.parse is parse_size:
@@ -264,6 +270,8 @@ KEYS: tuple[Key, ...] = (
     Key("storm_window", _interval, "see storm_starts", "--storm-window"),
     Key("labels", _labels, "labels a job's `host:` may name instead of this host's name "
         "(README, Fleets)", "--label"),
+    Key("syncthing", parse_syncthing, "ask the local Syncthing to scan status/HOST/ at once "
+        "after writing there: true, or api, api_key, home, folder (README, Syncthing)"),
 )
 KEY_NAMES = tuple(k.name for k in KEYS)
 _BY_NAME = {k.name: k for k in KEYS}

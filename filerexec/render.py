@@ -190,6 +190,7 @@ class HostFacts:
     refused: Mapping[str, str] = field(default_factory=dict)
     labels: tuple[str, ...] = ()
     drain: str | None = None  # "draining" while runs finish, then "drained"
+    syncthing: Mapping[str, str] | None = None  # the scan requests' state (syncthing.py)
 
 
 def host_state(facts: HostFacts) -> tuple[str, list[str]]:
@@ -232,6 +233,8 @@ def host_document(facts: HostFacts, now: float) -> dict[str, Any]:
                              "; `filerexec resume` ends it")
     if facts.warnings:
         doc["warnings"] = list(facts.warnings)
+    if facts.syncthing is not None:
+        doc["syncthing"] = dict(facts.syncthing)
     if facts.refused:  # names with no status file of their own
         doc["refused"] = [{"file": rel, "reason": reason}
                           for rel, reason in sorted(facts.refused.items())[:MAX_REFUSED]]
