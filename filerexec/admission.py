@@ -19,6 +19,7 @@ from filerexec.config import Settings
 from filerexec.machine import Readiness
 from filerexec.policy import policy_problem
 from filerexec.signing import Rejected, TokenStore
+from filerexec.slurmspec import job_problem
 from filerexec.spec import JobSpec, SpecError, parse_job
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,12 @@ class Admission:
             return signing.admit(data, name, s.host, keystore.load(self.key_dir), self.store,
                                  now, s.totp_window, s.allow, s.labels)
         spec = parse_job(data, name)
-        if spec.targets(s.host, s.labels) and (problem := policy_problem(spec, s.allow)):
+        if spec.targets(s.host, s.labels) and (problem := policy_problem(spec, s.allow)
+                                                 or self._slurm_problem(spec)):
             raise Rejected(problem)
         return spec
+
+    def _slurm_problem(self, spec: JobSpec) -> str | None:
+        """On a Slurm host, a job may ask sbatch only for what the host allows."""
+        s = self.settings
+        return job_problem(dict(spec.slurm), s.slurm) if s.executor == "slurm" else None

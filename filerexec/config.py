@@ -27,6 +27,8 @@ import platformdirs
 import yaml
 
 from filerexec import APP
+from filerexec.slurmspec import SlurmConfig
+from filerexec.slurmspec import parse_config as parse_slurm
 from filerexec.spec import MAX_JOB_BYTES, SpecError, parse_duration
 from filerexec.syncthing import SyncthingConfig
 from filerexec.syncthing import parse_config as parse_syncthing
@@ -77,6 +79,8 @@ DEFAULTS: dict[str, Any] = {
     "storm_starts": 5,  # more daemon starts than this within storm_window → safe mode
     "storm_window": 120.0,
     "labels": (),  # what else this host answers to in a job's `host:` (DESIGN §12)
+    "executor": "local",  # local | slurm: each run an sbatch submission (DESIGN §11)
+    "slurm": SlurmConfig(),
     "syncthing": None,  # ask the local Syncthing to scan status/HOST/ after writes (DESIGN §13)
 }
 _D = DEFAULTS
@@ -105,6 +109,8 @@ class Settings:
     storm_starts: int = _D["storm_starts"]
     storm_window: float = _D["storm_window"]
     labels: tuple[str, ...] = _D["labels"]
+    executor: str = _D["executor"]
+    slurm: SlurmConfig = _D["slurm"]
     syncthing: SyncthingConfig | None = _D["syncthing"]
 
     @property
@@ -196,6 +202,12 @@ def _texts(value: object) -> tuple[str, ...]:
     return tuple(_text(item) for item in items)
 
 
+def _executor(value: object) -> str:
+    if value not in ("local", "slurm"):
+        raise ValueError(f"must be local or slurm, not {value!r}")
+    return str(value)
+
+
 def _labels(value: object) -> tuple[str, ...]:
     """Host labels: names a job's `host:` may use; each one word, duplicates dropped."""
     labels: dict[str, str] = {}
@@ -234,6 +246,8 @@ class Key:
             return None
         if isinstance(value, SyncthingConfig):
             return value.shown() or True
+        if isinstance(value, SlurmConfig):
+            return value.shown()
         if self.parse in (_duration, _interval):
             return _human_duration(value)
         if self.parse is parse_size:
@@ -270,6 +284,9 @@ KEYS: tuple[Key, ...] = (
     Key("storm_window", _interval, "see storm_starts", "--storm-window"),
     Key("labels", _labels, "labels a job's `host:` may name instead of this host's name "
         "(README, Fleets)", "--label"),
+    Key("executor", _executor, "where runs go: local, or slurm (README, Running jobs on a "
+        "Slurm cluster)", "--executor"),
+    Key("slurm", parse_slurm, "with executor slurm: partition, sbatch_args, allow, poll"),
     Key("syncthing", parse_syncthing, "ask the local Syncthing to scan status/HOST/ at once "
         "after writing there: true, or api, api_key, home, folder (README, Syncthing)"),
 )

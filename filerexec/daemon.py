@@ -47,7 +47,7 @@ from filerexec.machine import (
 from filerexec.publisher import Publisher
 from filerexec.reconcile import Reconciler
 from filerexec.render import HostFacts
-from filerexec.runner import LocalRunner, Runner, new_run_id
+from filerexec.runner import Runner, new_run_id, runner_for
 from filerexec.syncthing import Scanner
 from filerexec.watch import Hints, Watcher
 from filerexec.writer import StatusWriter
@@ -72,8 +72,7 @@ class Daemon:
         self.key_dir = settings.key_dir or keystore.default_key_dir()
         self.admission = Admission(settings, self.key_dir, store=None)
         self.reconciler = Reconciler(settings, self.table.jobs, self.admission)
-        self.runner: Runner = runner or LocalRunner(
-            settings.state_dir / "runs", settings.host, self.wake.set, procs, settings.log_cap)
+        self.runner: Runner = runner or runner_for(settings, self.wake.set, procs)
         self.publisher = Publisher(settings, writer)
         self.jobs: dict[str, Job] = self.table.jobs  # the same dict, read only here
         self.writer = self.publisher.writer

@@ -206,6 +206,7 @@ def job_to_record(job: Job) -> dict[str, Any]:
             "timeout": run.timeout, "pid": run.pid, "create_time": run.create_time,
             "finished": run.finished, "exit_code": run.exit_code,
             "outcome": None if run.outcome is None else run.outcome.value, "reason": run.reason,
+            "external": run.external, "waiting": run.waiting, "began": run.began,
         },
     }
 

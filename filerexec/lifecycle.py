@@ -179,7 +179,7 @@ class Lifecycle:
         """
         st = self.settings  # anything that changes what a file reads as
         reader = repr((__version__, st.host, st.labels, st.max_job_bytes, st.require_signature,
-                       st.allow))
+                       st.allow, st.executor, st.slurm))
         self.clean_start = ledger.get_meta(CLEAN_STOP) == "1"
         ok = self.clean_start and ledger.get_meta(READER) == reader
         ledger.set_meta(CLEAN_STOP, "0")

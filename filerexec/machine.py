@@ -76,6 +76,9 @@ class Run:
     exit_code: int | None = None
     outcome: State | None = None  # SUCCEEDED / FAILED / KILLED / LOST once finished
     reason: str | None = None
+    external: str | None = None  # a scheduler's id of the run (the Slurm job id)
+    waiting: str | None = None  # why the scheduler has not started it yet (shown as pending)
+    began: float | None = None  # when the scheduler started it (its timeout counts from then)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +176,17 @@ class SpawnFailed:
 class Exited:
     code: int
     now: float
+    killed: str | None = None  # the executor ended it (a scheduler's time limit, a cancel)
+
+
+@dataclass(frozen=True, slots=True)
+class Scheduled:
+    """What a scheduler says of a run: its id (None: not known yet), why it waits (None: it
+    runs)."""
+
+    external: str | None
+    waiting: str | None
+    now: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +206,7 @@ class Held:
 
 Event: TypeAlias = (
     FileRead | FileMissing | Tick | Launch | Spawned | SpawnFailed | Exited | Vanished | Held
+    | Scheduled
 )
 
 
@@ -414,9 +429,9 @@ def _escalation_due(job: Job, timing: Timing) -> float | None:
 
 def _timeout_due(job: Job) -> float | None:
     run = job.run
-    if not job.running or run is None or run.timeout is None:
-        return None
-    return run.started + run.timeout
+    if not job.running or run is None or run.timeout is None or run.waiting is not None:
+        return None  # a run a scheduler holds in its queue has not begun to use its time
+    return (run.began or run.started) + run.timeout
 
 
 def _expiry_due(job: Job) -> float | None:
@@ -505,6 +520,15 @@ def _spawned(job: Job, event: Event, timing: Timing) -> Result:
     return replace(job, run=replace(job.run, pid=event.pid, create_time=event.create_time)), []
 
 
+def _scheduled(job: Job, event: Event, timing: Timing) -> Result:
+    assert isinstance(event, Scheduled) and job.run is not None
+    run = job.run
+    began = run.began if run.began is not None or event.waiting else event.now
+    external = event.external or run.external
+    return replace(job, run=replace(run, external=external, waiting=event.waiting,
+                                    began=began)), []
+
+
 def _spawn_failed(job: Job, event: Event, timing: Timing) -> Result:
     assert isinstance(event, SpawnFailed)
     return _finish(job, event.now, None, State.FAILED, f"could not start: {event.message}")
@@ -515,6 +539,8 @@ def _exited(job: Job, event: Event, timing: Timing) -> Result:
     code = event.code
     if job.kill:
         return _finish(job, event.now, code, State.KILLED, job.kill.reason)
+    if event.killed is not None:
+        return _finish(job, event.now, code, State.KILLED, event.killed)
     if code == 0:
         return _finish(job, event.now, code, State.SUCCEEDED, "exit code 0")
     if code < 0:
@@ -532,7 +558,8 @@ def _vanished(job: Job, event: Event, timing: Timing) -> Result:
 def _finish(job: Job, now: float, code: int | None, outcome: State, reason: str) -> Result:
     """The run is over: record it, then start what queued behind it, or forget a deleted job."""
     assert job.run is not None
-    run = replace(job.run, finished=now, exit_code=code, outcome=outcome, reason=reason)
+    run = replace(job.run, finished=now, exit_code=code, outcome=outcome, reason=reason,
+                  waiting=None)
     job = replace(job, run=run, state=outcome, reason=reason, kill=None)
     if job.deleted is not None:
         return replace(job, started_digest=None, last_operation=None, queued=None), _sweep(job)
@@ -571,6 +598,8 @@ TABLE: dict[tuple[Phase, type], Handler] = {
     (_P.WAITING, Held): _held,
     (_P.RUNNING, Spawned): _spawned,
     (_P.STOPPING, Spawned): _spawned,
+    (_P.RUNNING, Scheduled): _scheduled,
+    (_P.STOPPING, Scheduled): _scheduled,
     (_P.RUNNING, SpawnFailed): _spawn_failed,
     (_P.STOPPING, SpawnFailed): _spawn_failed,
     (_P.RUNNING, Exited): _exited,

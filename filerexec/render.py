@@ -46,6 +46,7 @@ def job_status(job: Job, host: str, conflicts: Iterable[str] = ()) -> dict[str, 
         "reason": job.reason,
         "exit_code": run.exit_code if run else None,
         "pid": run.pid if run else None,
+        "slurm_job": run.external if run else None,
         "digest": digest[:12] if digest else None,
         "modified": timestamp(version.mtime) if version else None,
         "seen": timestamp(version.seen) if version else None,
@@ -57,6 +58,8 @@ def job_status(job: Job, host: str, conflicts: Iterable[str] = ()) -> dict[str, 
         "conflicts": sorted(conflicts) or None,
         "log": log_name(job.name) if run else None,
     }
+    if job.running and run is not None and run.waiting is not None and not job.kill:
+        doc["state"], doc["reason"] = State.PENDING.value, run.waiting  # in a scheduler's queue
     return {k: v for k, v in doc.items() if v is not None}
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from filerexec import process
-from filerexec.config import DEFAULTS
+from filerexec.config import DEFAULTS, Settings
 from filerexec.machine import (
     Exited,
     Observed,
@@ -72,6 +72,16 @@ class Runner(Protocol):
 
     def next_due(self, running: Iterable[tuple[str, Run]]) -> float | None:
         """When ``poll`` must run again for runs that no event will announce."""
+
+
+def runner_for(settings: Settings, wake: Callable[[], None], procs: process.Api) -> Runner:
+    """The executor the host's config names: local processes, or Slurm (slurm.py)."""
+    runs = settings.state_dir / "runs"
+    if settings.executor == "slurm":
+        from filerexec.slurm import SlurmRunner  # its own module; runner.py stays the seam
+
+        return SlurmRunner(runs, settings.host, wake, settings.slurm)
+    return LocalRunner(runs, settings.host, wake, procs, settings.log_cap)
 
 
 def new_run_id(now: float) -> str:

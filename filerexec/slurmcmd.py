@@ -1,0 +1,73 @@
+"""The Slurm client commands (sbatch, scontrol, squeue, scancel): the only module that runs them.
+
+Every call has a timeout: with its controller down, each blocks ~9 s and then fails
+("Unable to contact slurm controller"). Such a failure, or a timeout, is `Unreachable`
+(try again later: nothing is known); a definite "no" from Slurm is `Refused`. Called only
+from the Slurm runner's worker thread, never from the daemon's loop.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+
+from filerexec.slurmspec import JobInfo, parse_jobs
+
+TIMEOUT = 20.0  # seconds: longer than a down controller's ~9 s, short enough to retry
+_UNREACHABLE = ("Unable to contact slurm controller", "Socket timed out",
+                "Zero Bytes were transmitted", "Connection refused", "Communication connection")
+
+
+class Unreachable(Exception):
+    """The controller did not answer (down, or too slow): nothing is known; try again."""
+
+
+class Refused(Exception):
+    """Slurm said no (a bad partition, a limit): a sentence for the job's status."""
+
+
+def _run(argv: Sequence[str], stdin: str | None = None, timeout: float = TIMEOUT) -> str:
+    try:
+        done = subprocess.run(list(argv), input=stdin, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise Unreachable(f"{argv[0]} did not answer within {timeout:g}s") from None
+    except OSError as e:
+        raise Unreachable(f"{argv[0]} cannot be run: {e.strerror}") from None
+    if done.returncode != 0:
+        message = (done.stderr.strip() or done.stdout.strip() or f"exit code {done.returncode}")
+        message = " ".join(message.split())
+        if any(m in message for m in _UNREACHABLE):
+            raise Unreachable(message)
+        raise Refused(message)
+    return done.stdout
+
+
+def submit(args: Sequence[str], script: str) -> str:
+    """``sbatch --parsable ARGS`` with the script on stdin → the job id."""
+    out = _run(["sbatch", *args], stdin=script).strip()
+    job_id = out.split(";")[0].strip()
+    if not job_id.isdigit():
+        raise Refused(f"sbatch printed no job id: {out!r}")
+    return job_id
+
+
+def jobs() -> dict[str, JobInfo]:
+    """Every job the controller still knows (finished ones for ~MinJobAge seconds)."""
+    out = _run(["scontrol", "-o", "show", "job"])
+    return parse_jobs(out)
+
+
+def find(name: str) -> list[str]:
+    """The ids of the jobs named ``name`` that Slurm still knows (ended ones included)."""
+    out = _run(["squeue", "-h", "-t", "all", f"--name={name}", "-o", "%i"])
+    return [line.strip() for line in out.splitlines() if line.strip().isdigit()]
+
+
+def cancel(job_id: str, force: bool) -> None:
+    """``scancel``: the whole job (its batch script and every step); KILL with ``force``."""
+    try:
+        _run(["scancel", "--full", "--signal=KILL", job_id] if force else ["scancel", job_id])
+    except Refused as e:
+        if "already completing or completed" not in str(e) and "Invalid job id" not in str(e):
+            raise

@@ -1,0 +1,103 @@
+"""`executor: slurm` against a real single-node Slurm cluster (tests/slurm_cluster.py)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from filerexec.config import ConfigError, parse_config
+from filerexec.slurmspec import JobInfo, SlurmConfig, parse_jobs, sbatch_args, time_limit
+from tests.conftest import Host
+from tests.slurm_cluster import Cluster, missing
+from tests.util import wait_for
+
+
+def test_scontrol_lines_and_sbatch_arguments() -> None:
+    line = ("JobId=7 JobName=filerexec-r1 UserId=root(0) JobState=FAILED Reason=NonZeroExitCode "
+            "Dependency=(null) ExitCode=3:0")
+    [info] = parse_jobs(line + "\n").values()
+    assert (info.job_id, info.name, info.state, info.code, info.ended) == (
+        "7", "filerexec-r1", "FAILED", 3, True)
+    assert JobInfo("8", "n", "CANCELLED", exit_code="0:15").code == 128 + 15
+    assert JobInfo("9", "n", "PENDING", "Priority").queued
+    assert time_limit(5) == "1" and time_limit(61) == "2"
+    args = sbatch_args("n", "/o", "/w", SlurmConfig(partition="debug", sbatch_args=("--x",)),
+                       {"cpus": "2"}, 90)
+    assert args[-4:] == ["--partition=debug", "--x", "--cpus-per-task=2", "--time=2"]
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    why = missing()
+    if why is not None:
+        if os.environ.get("FILEREXEC_REQUIRE_SLURM") == "1":
+            pytest.fail(f"FILEREXEC_REQUIRE_SLURM=1 but {why}")
+        pytest.skip(why)
+    c = Cluster(tmp_path_factory.mktemp("slurm"))
+    c.start()
+    yield c
+    left = c.stop()
+    assert left == [], f"left running after the cluster stopped: {left}"
+
+
+@pytest.fixture
+def slurm_host(host: Host, cluster: Cluster, _isolated_config: Path,
+               monkeypatch: pytest.MonkeyPatch) -> Host:
+    monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
+    _isolated_config.write_text("executor: slurm\nslurm: {poll: 0.3, allow: [cpus, time]}\n")
+    return host
+
+
+@pytest.mark.slow
+def test_a_run_is_one_sbatch_submission_with_its_output_and_exit_code(
+        slurm_host: Host, cluster: Cluster) -> None:
+    slurm_host.start()
+    slurm_host.drop("ok.yaml", "commands: echo hello from $SLURM_JOB_ID; echo oops >&2\n")
+    slurm_host.drop("bad.yaml", "commands:\n  - echo one\n  - exit 3\n")
+    doc = slurm_host.wait_state("ok", "succeeded", timeout=30)
+    assert doc["exit_code"] == 0 and doc["slurm_job"] and "pid" not in doc
+    log = slurm_host.log_of("ok")
+    assert f"hello from {doc['slurm_job']}" in log and "oops" in log
+    info = cluster.scontrol("-o", "show", "job", str(doc["slurm_job"]))
+    assert "JobName=filerexec-" in info and "JobState=COMPLETED" in info
+    bad = slurm_host.wait_state("bad", "failed", timeout=30)
+    assert bad["exit_code"] == 3 and bad["reason"] == "exit code 3"
+
+
+@pytest.mark.slow
+def test_deleting_a_job_cancels_it_in_slurm(slurm_host: Host, cluster: Cluster,
+                                             tmp_path: Path) -> None:
+    marker = tmp_path / "began"
+    slurm_host.start()
+    job = slurm_host.drop("long.yaml", f"commands: touch {marker}; sleep 300\n")
+    wait_for(marker.exists, timeout=30, what="the job to begin on the node")
+    doc = wait_for(lambda: (d := slurm_host.status("long")) and d["state"] == "running"
+                   and d.get("slurm_job") and d, timeout=30, what="running, with its Slurm id")
+    job_id = str(doc["slurm_job"])
+    job.unlink()
+    doc = slurm_host.wait_state("long", "killed", timeout=30)
+    assert doc["reason"] == "job file deleted"
+    assert "JobState=CANCELLED" in cluster.scontrol("-o", "show", "job", job_id)
+
+
+@pytest.mark.slow
+def test_a_job_may_ask_only_for_what_the_host_allows(slurm_host: Host) -> None:
+    slurm_host.start()
+    slurm_host.drop("greedy.yaml", "commands: 'true'\nslurm: {partition: gpu, cpus: 1}\n")
+    slurm_host.drop("fine.yaml", "commands: 'true'\nslurm: {cpus: 1, time: 5m}\n")
+    doc = slurm_host.wait_state("greedy", "rejected")
+    assert "slurm: partition" in doc["reason"] and "cpus, time" in doc["reason"]
+    slurm_host.wait_state("fine", "succeeded", timeout=30)
+
+
+def test_the_hosts_slurm_settings() -> None:
+    found = parse_config("executor: slurm\nslurm: {partition: debug, allow: [cpus]}\n")
+    assert found["executor"][0] == "slurm"
+    assert found["slurm"][0] == SlurmConfig(partition="debug", allow=("cpus",))
+    with pytest.raises(ConfigError, match=r"line 1: `executor`: must be local or slurm"):
+        parse_config("executor: pbs\n")
+    with pytest.raises(ConfigError, match=r"`slurm`: `allow` must be a list of partition"):
+        parse_config("slurm: {allow: [shell]}\n")
