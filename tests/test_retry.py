@@ -91,7 +91,7 @@ def test_a_failed_run_waits_its_delay_then_runs_again_until_the_last_attempt() -
     h(Tick(11))
     assert h.job.due
     h.launch(11)
-    assert h.job.state is State.RUNNING and h.job.attempt == 2  # type: ignore[comparison-overlap]
+    assert h.job.state is State.RUNNING and h.job.attempt == 2
     h(Exited(4, 12))
     assert h.job.retry_at == 12 + 20 and "attempt 3 of 3 in 20s" in h.job.reason  # backoff
     h(Tick(32))
