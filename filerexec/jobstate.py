@@ -176,8 +176,15 @@ class Vanished:
     reason: str = "its process vanished while no daemon was watching; it is not run again"
 
 
+@dataclass(frozen=True, slots=True)
+class Held:
+    """The host starts nothing new for now (``reason``: a drain, safe mode), or again (None)."""
+
+    reason: str | None
+
+
 Event: TypeAlias = (
-    FileRead | FileMissing | Tick | Launch | Spawned | SpawnFailed | Exited | Vanished
+    FileRead | FileMissing | Tick | Launch | Spawned | SpawnFailed | Exited | Vanished | Held
 )
 
 

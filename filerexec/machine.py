@@ -23,6 +23,7 @@ from filerexec.jobstate import (
     Exited,
     FileMissing,
     FileRead,
+    Held,
     Job,
     Kill,
     Launch,
@@ -43,11 +44,14 @@ from filerexec.jobstate import (
 )
 from filerexec.retry import attempt_text, retry_delay
 
+FREE_SLOT = "waiting for a free slot"  # a due job's reason
+HELD = "waiting: "  # heads the reason of a due job the host holds back (a drain, safe mode)
+
 __all__ = [
-    "TABLE", "Action", "Event", "Exited", "FileMissing", "FileRead", "Handler", "Job", "Kill",
-    "Launch", "Observed", "Phase", "Readiness", "Result", "Run", "Signal", "SpawnFailed",
-    "Spawned", "Start", "State", "Sweep", "Tick", "Timing", "Vanished", "Version", "next_due",
-    "phase", "transition"
+    "FREE_SLOT", "HELD", "TABLE", "Action", "Event", "Exited", "FileMissing", "FileRead",
+    "Handler", "Held", "Job", "Kill", "Launch", "Observed", "Phase", "Readiness", "Result",
+    "Run", "Signal", "SpawnFailed", "Spawned", "Start", "State", "Sweep", "Tick", "Timing",
+    "Vanished", "Version", "next_due", "phase", "transition",
 ]
 
 
@@ -133,7 +137,7 @@ def _read_idle(job: Job, event: Event, timing: Timing) -> Result:
         # must survive an invalid edit or a restart before it runs.
         if _expired(v, now):
             return _expire(job, v), []
-        return replace(job, state=State.PENDING, reason="waiting for a free slot"), []
+        return replace(job, state=State.PENDING, reason=FREE_SLOT), []
     state, reason = _resting_state(job)
     return replace(job, state=state, reason=reason, last_operation="start"), []
 
@@ -300,6 +304,16 @@ def _begin_kill(job: Job, now: float, reason: str) -> Result:
     return job, [Signal(job.name, run, force=False)]
 
 
+def _held(job: Job, event: Event, timing: Timing) -> Result:
+    """A due job says why it waits: the host holds it back, or only a slot is missing."""
+    assert isinstance(event, Held)
+    if not job.due:
+        return job, []
+    if event.reason is not None:
+        return replace(job, reason=HELD + event.reason), []
+    return (replace(job, reason=FREE_SLOT) if job.reason.startswith(HELD) else job), []
+
+
 def _launch(job: Job, event: Event, timing: Timing) -> Result:
     assert isinstance(event, Launch)
     if not job.due or job.version is None or job.version.spec is None:
@@ -359,7 +373,7 @@ def _finish(job: Job, now: float, code: int | None, outcome: State, reason: str)
         job = replace(job, version=queued, queued=None, attempt=1)
         if _expired(queued, now):
             return _expire(job, queued), []
-        return replace(job, state=State.PENDING, reason="waiting for a free slot"), []
+        return replace(job, state=State.PENDING, reason=FREE_SLOT), []
     return _retry(job, now, code, outcome), []
 
 
@@ -402,6 +416,7 @@ TABLE: dict[tuple[Phase, type], Handler] = {
     (_P.RUNNING, Tick): _tick_running,
     (_P.STOPPING, Tick): _tick_stopping,
     (_P.WAITING, Launch): _launch,
+    (_P.WAITING, Held): _held,
     (_P.RUNNING, Spawned): _spawned,
     (_P.STOPPING, Spawned): _spawned,
     (_P.RUNNING, SpawnFailed): _spawn_failed,
