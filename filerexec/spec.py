@@ -22,9 +22,8 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from filerexec import characters
-from filerexec.slurmspec import JOB_KEYS as SLURM_KEYS
-from filerexec.slurmspec import time_limit
+from filerexec import characters, speckeys
+from filerexec.retry import RetryPolicy
 
 try:
     from yaml import CSafeLoader as _BaseLoader
@@ -36,9 +35,10 @@ __all__ = ["KEYS", "MAX_JOB_BYTES", "JobSpec", "SpecError", "as_utf8", "decode_j
 
 MAX_JOB_BYTES = 64 * 1024
 KEYS = frozenset({"commands", "operation", "stdout", "stderr", "host", "cwd", "env", "shell",
-                  "timeout", "run", "not_after", "otp", "slurm"})
+                  "timeout", "run", "not_after", "otp", *speckeys.FIELDS})
 # Left empty, these mean their default.
-_OPTIONAL = frozenset({"cwd", "env", "shell", "timeout", "run", "not_after", "otp", "slurm"})
+_OPTIONAL = frozenset({"cwd", "env", "shell", "timeout", "run", "not_after", "otp",
+                       *speckeys.FIELDS})
 _MAX_DEPTH = 6  # collections inside collections; a real job file needs 2 (file → env)
 _MAX_NODES = 5000  # values in a file: more commands than anyone types, and cheap to read
 _NULL = "tag:yaml.org,2002:null"
@@ -79,7 +79,8 @@ class JobSpec:
     run: str | None = None
     not_after: datetime | None = None
     otp: str | None = None  # a one-time code from a phone (signing.py); not in the digest
-    slurm: tuple[tuple[str, str], ...] = ()  # what sbatch is asked for (executor: slurm)
+    retry: RetryPolicy | None = None  # DESIGN §10, from speckeys.py
+    slurm: tuple[tuple[str, str], ...] = ()  # what sbatch is asked for (DESIGN §11)
     digest: str = ""
 
     def __post_init__(self) -> None:
@@ -107,9 +108,8 @@ def _digest(spec: JobSpec) -> str:
     not_after = spec.not_after and spec.not_after.astimezone(UTC).isoformat()
     canonical = {"commands": list(spec.commands), "cwd": spec.cwd, "env": sorted(spec.env),
                  "hosts": sorted({h.casefold() for h in spec.hosts}), "not_after": not_after,
-                 "run": spec.run, "shell": spec.shell, "timeout": spec.timeout}
-    if spec.slurm:  # only when set: every digest written before it stays as it was
-        canonical["slurm"] = sorted(spec.slurm)
+                 "run": spec.run, "shell": spec.shell, "timeout": spec.timeout,
+                 **speckeys.digest_parts(spec)}
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
@@ -401,28 +401,6 @@ def _env(key: str, node: Node) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(env.items()))
 
 
-def _slurm(key: str, node: Node) -> tuple[tuple[str, str], ...]:
-    if not isinstance(node, MappingNode):
-        raise ValueError(f"`{key}` is not a mapping")
-    found: dict[str, str] = {}
-    for name_node, value_node in node.value:
-        name = _word(key, name_node) if isinstance(name_node, ScalarNode) else ""
-        if name not in SLURM_KEYS:
-            raise _error(f"`{key}` has no key {_describe(name_node)}", name_node,
-                         hint=f"known: {', '.join(SLURM_KEYS)}")
-        if not isinstance(value_node, ScalarNode) or not _word(key, value_node):
-            raise _error(f"`{key}` {name} must be a single value, not {_describe(value_node)}",
-                         value_node, hint=None)
-        value = _word(key, value_node)
-        if name == "time":
-            value = time_limit(parse_duration(value))
-        elif not re.fullmatch(r"[A-Za-z0-9_.:,=+-]+", value):
-            raise _error(f"`{key}` {name} {value!r} is not a Slurm value", value_node,
-                         hint="letters, digits and . _ : , = + - only")
-        found[name] = value
-    return tuple(sorted(found.items()))
-
-
 def _timeout(key: str, node: Node) -> float:
     seconds = parse_duration(_word(key, node))  # the text as written: YAML reads 1:30 as 90
     if seconds <= 0:
@@ -461,9 +439,8 @@ _FIELDS: dict[str, tuple[str, Callable[[str, Node], Any], str, str | None]] = {
     "timeout": ("timeout", _timeout, "a duration longer than zero", _DURATION_HINT),
     "run": ("run", _word, "a single value such as 1", None),
     "not_after": ("not_after", _not_after, "a date and time like 2026-12-01T08:00:00+01:00", None),
-    "slurm": ("slurm", _slurm, "a mapping of sbatch settings",
-              "write e.g. `slurm: {partition: gpu, cpus: 4}`"),
     "otp": ("otp", _otp, "the six-digit code of your authenticator app", "e.g. `otp: 123456`"),
+    **speckeys.FIELDS,
 }
 
 
@@ -578,6 +555,8 @@ def _job(root: Node | None, name: str) -> JobSpec:
         try:
             values[field] = convert(key, node)
         except (ValueError, OverflowError, OSError) as exc:
+            if isinstance(exc, speckeys.NodeError):
+                raise _error(exc.message, exc.node, exc.hint) from None
             if isinstance(exc, SpecError) and exc.line is not None:
                 raise
             raise _error(f"`{key}` must be {what}, not {_describe(node)}", node, hint) from None

@@ -10,6 +10,7 @@ import pytest
 
 from filerexec.config import ConfigError, parse_config
 from filerexec.slurmspec import JobInfo, SlurmConfig, parse_jobs, sbatch_args, time_limit
+from filerexec.spec import JobSpec, SpecError, parse_job
 from tests.conftest import Host
 from tests.slurm_cluster import Cluster, missing
 from tests.util import wait_for
@@ -101,3 +102,16 @@ def test_the_hosts_slurm_settings() -> None:
         parse_config("executor: pbs\n")
     with pytest.raises(ConfigError, match=r"`slurm`: `allow` must be a list of partition"):
         parse_config("slurm: {allow: [shell]}\n")
+
+
+def test_slurm_keys_are_checked_and_in_the_digest() -> None:
+    spec = parse_job("commands: ls\nslurm: {cpus: 4, partition: gpu, time: 90m}\n", "j")
+    assert spec.slurm == (("cpus", "4"), ("partition", "gpu"), ("time", "90"))
+    plain = parse_job("commands: ls\n", "j").digest
+    assert spec.digest != plain and parse_job("commands: ls\nslurm: {cpus: 2}\n", "j").digest \
+        != parse_job("commands: ls\nslurm: {cpus: 4}\n", "j").digest
+    assert JobSpec(name="j", commands=("ls",)).digest == plain  # no slurm: the old digest
+    with pytest.raises(SpecError, match=r"line 2, column 9: `slurm` has no key 'gpus'"):
+        parse_job("commands: ls\nslurm: {gpus: 1}\n", "j")
+    with pytest.raises(SpecError, match="is not a Slurm value"):
+        parse_job("commands: ls\nslurm: {mem: '8G; rm'}\n", "j")

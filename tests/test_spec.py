@@ -360,20 +360,11 @@ def test_digest_is_filled_in_for_a_spec_built_by_hand() -> None:
 
 def test_every_key_is_understood() -> None:
     source = DESIGN_EXAMPLE
-    # `otp` belongs to signed jobs (README, Security), `slurm` to Slurm hosts (DESIGN §11),
-    # not to DESIGN's example.
-    assert {line.split(":")[0] for line in source.splitlines()} == KEYS - {"otp", "slurm"}
-
-
-def test_slurm_keys_are_checked_and_in_the_digest() -> None:
-    spec = parse_job("commands: ls\nslurm: {cpus: 4, partition: gpu, time: 90m}\n", "j")
-    assert spec.slurm == (("cpus", "4"), ("partition", "gpu"), ("time", "90"))
-    assert spec.digest != digest("commands: ls") and digest("commands: ls\nslurm: {cpus: 2}") \
-        != digest("commands: ls\nslurm: {cpus: 4}")
-    with pytest.raises(SpecError, match=r"line 2, column 9: `slurm` has no key 'gpus'"):
-        parse_job("commands: ls\nslurm: {gpus: 1}\n", "j")
-    with pytest.raises(SpecError, match="is not a Slurm value"):
-        parse_job("commands: ls\nslurm: {mem: '8G; rm'}\n", "j")
+    # `otp` belongs to signed jobs (README, Security), not to DESIGN's example;
+    # `retry` and the other keys of DESIGN §10 have their own example (tests/test_retry.py).
+    # `slurm` belongs to Slurm hosts (DESIGN §11; tests/test_slurm.py).
+    assert {line.split(":")[0] for line in source.splitlines()} == KEYS - {"otp", "retry",
+                                                                           "slurm"}
 
 
 # ---- nothing but SpecError, whatever the input ------------------------------------------------
