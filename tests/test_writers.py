@@ -55,13 +55,16 @@ EVERY_KEY: dict[str, Any] = {
     "not_after": "2026-12-01T08:00:00+01:00",
     "otp": "123456",
     "retry": {"max": 2, "on": [1, 75, "timeout"], "delay": "30s", "backoff": 2},
+    "slurm": {"partition": "gpu", "cpus": "4", "mem": "8G", "gres": "gpu:1", "time": "2h"},
 }
 EVERY_KEY_SPEC = JobSpec(
     name="j", commands=(LONG, UNICODE, "echo ok"), stdout=False, hosts=("laptop", "office-pc"),
     cwd=EVERY_KEY["cwd"], env=(("EMPTY", ""), ("GREETING", EVERY_KEY["env"]["GREETING"]),
                                ("LANG", "C.UTF-8")),
     shell="/bin/bash", timeout=5400.0, run="2", not_after=datetime(2026, 12, 1, 7, tzinfo=UTC),
-    otp="123456", retry=RetryPolicy(max=2, on=(1, 75, "timeout"), delay=30.0, backoff=2.0))
+    otp="123456", retry=RetryPolicy(max=2, on=(1, 75, "timeout"), delay=30.0, backoff=2.0),
+    slurm=(("cpus", "4"), ("gres", "gpu:1"), ("mem", "8G"), ("partition", "gpu"),
+           ("time", "120")))
 
 DOCUMENTS: dict[str, tuple[Any, JobSpec]] = {
     "one long command": ({"commands": LONG}, JobSpec(name="j", commands=(LONG,))),
