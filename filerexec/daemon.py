@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from filerexec import __version__, keystore, process
 from filerexec.admission import Admission
 from filerexec.config import Settings
+from filerexec.delivery import Delivery
 from filerexec.jobtable import JobTable
 from filerexec.ledger import Ledger
 from filerexec.lifecycle import AlreadyRunning, Lifecycle, setup_warnings
@@ -67,12 +68,13 @@ class Daemon:
         self.wake = threading.Event()
         self.hints = Hints(self.wake.set)
         self.watcher = Watcher(settings.jobs_dir, self.hints)
-        self.table = JobTable(Timing(settings.delete_grace, settings.kill_grace))
+        self.runner: Runner = runner or LocalRunner(
+            settings.state_dir / "runs", settings.host, self.wake.set, procs, settings.log_cap)
+        self.delivery = Delivery(settings, self.runner.output_path, self.wake.set)
+        self.table = JobTable(Timing(settings.delete_grace, settings.kill_grace), self.delivery)
         self.key_dir = settings.key_dir or keystore.default_key_dir()
         self.admission = Admission(settings, self.key_dir, store=None)
         self.reconciler = Reconciler(settings, self.table.jobs, self.admission)
-        self.runner: Runner = runner or LocalRunner(
-            settings.state_dir / "runs", settings.host, self.wake.set, procs, settings.log_cap)
         self.publisher = Publisher(settings, writer)
         self.jobs: dict[str, Job] = self.table.jobs  # the same dict, read only here
         self.writer = self.publisher.writer
@@ -93,6 +95,7 @@ class Daemon:
         ledger = self.ledger = Ledger(self.settings.state_dir / "ledger.sqlite")
         self.admission.store = ledger
         self.table.load(ledger)
+        self.delivery.start(ledger.path)  # events a crash left in the outbox go out now
         self.reconciler.restore(ledger.seen, self.lifecycle.restorable(ledger))
         self.started = self.clock()
         self.lifecycle.record_start(ledger, self.started)
@@ -123,6 +126,7 @@ class Daemon:
         self.publisher.publish(self.table.take_changed(), self.reconciler.conflicts,
                                self.jobs, self._facts(stopping=True), now)
         written = self.writer.close(timeout=10)
+        self.delivery.close()
         if self.ledger is not None:
             # Clean only if every status file says what the ledger says, and the ledger
             # holds everything this daemon knew; else the next start re-reads everything.
@@ -297,7 +301,8 @@ class Daemon:
             watcher="polling" if self.settings.poll else self.watcher.kind,
             last_scan=rec.last_scan, spool_available=rec.spool_available,
             ledger_problem=self.table.ledger_problem, safe_mode=self.lifecycle.safe_mode,
-            stopping=stopping, warnings=tuple(self.warnings), refused=dict(rec.refused))
+            stopping=stopping, warnings=tuple(self.warnings), refused=dict(rec.refused),
+            notify=self.delivery.problems())
 
     def _next_deadline(self, now: float) -> float:
         running = self._running()

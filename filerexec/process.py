@@ -344,6 +344,27 @@ def run_tool(argv: list[str]) -> int:
         return 127
 
 
+def run_hook(argv: list[str], env: Mapping[str, str], timeout: float) -> tuple[int, str]:
+    """Run a notification program (a ``command:`` target) to its end: exit code, output.
+
+    Its own session, so a timeout kills whatever it started too; OSError if it cannot start.
+    """
+    kwargs: dict[str, Any] = ({"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
+                              if sys.platform == "win32" else {"start_new_session": True})
+    with subprocess.Popen(argv, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs) as proc:
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            if sys.platform == "win32":
+                proc.kill()
+            else:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return -9, f"killed after {timeout:g}s"
+    return proc.returncode, out.decode("utf-8", "replace")[-500:].strip()
+
+
 class Started(Protocol):
     """What the daemon needs of a spawned run (``Child``, or a test's fake)."""
 
