@@ -28,6 +28,8 @@ import yaml
 
 from filerexec import APP
 from filerexec.spec import MAX_JOB_BYTES, SpecError, parse_duration
+from filerexec.syncthing import SyncthingConfig
+from filerexec.syncthing import parse_config as parse_syncthing
 
 CONFIG_VAR = "FILEREXEC_CONFIG"
 STATE_VAR = "FILEREXEC_STATE_DIR"
@@ -79,6 +81,7 @@ DEFAULTS: dict[str, Any] = {
     "notify_on": ("failed", "killed", "lost", "expired", "rejected"),  # states that notify
     "notify_log_tail": 10,  # log lines an event carries (0: none)
     "notify_retry": 10.0,  # a failing target is tried again after this, doubling
+    "syncthing": None,  # ask the local Syncthing to scan status/HOST/ after writes (DESIGN §13)
 }
 _D = DEFAULTS
 
@@ -110,6 +113,7 @@ class Settings:
     notify_on: tuple[str, ...] = _D["notify_on"]
     notify_log_tail: int = _D["notify_log_tail"]
     notify_retry: float = _D["notify_retry"]
+    syncthing: SyncthingConfig | None = _D["syncthing"]
 
     @property
     def targets(self) -> dict[str, str]:
@@ -267,6 +271,8 @@ class Key:
         """The value as a person would write it in the config file."""
         if value is None:
             return None
+        if isinstance(value, SyncthingConfig):
+            return value.shown() or True
         if self.parse in (_duration, _interval):
             return _human_duration(value)
         if self.parse is parse_size:
@@ -309,6 +315,8 @@ KEYS: tuple[Key, ...] = (
     Key("notify_log_tail", _count, "log lines a notification carries (0: none)"),
     Key("notify_retry", _interval, "a failing notification target is tried again after "
         "this long, doubling up to 15 minutes"),
+    Key("syncthing", parse_syncthing, "ask the local Syncthing to scan status/HOST/ at once "
+        "after writing there: true, or api, api_key, home, folder (README, Syncthing)"),
 )
 KEY_NAMES = tuple(k.name for k in KEYS)
 _BY_NAME = {k.name: k for k in KEYS}

@@ -49,6 +49,7 @@ from filerexec.publisher import Publisher
 from filerexec.reconcile import Reconciler
 from filerexec.render import HostFacts
 from filerexec.runner import LocalRunner, Runner, new_run_id
+from filerexec.syncthing import Scanner
 from filerexec.watch import Hints, Watcher
 from filerexec.writer import StatusWriter
 
@@ -78,6 +79,8 @@ class Daemon:
         self.publisher = Publisher(settings, writer)
         self.jobs: dict[str, Job] = self.table.jobs  # the same dict, read only here
         self.writer = self.publisher.writer
+        self.scanner = Scanner(settings.syncthing, self.publisher.status.root, self.wake.set)
+        self.writer.written = self.scanner.request  # results leave at once, not in 10 s
         self.lifecycle = Lifecycle(settings)
         self.ledger: Ledger | None = None
         self.warnings: list[str] = []  # shown in host.yaml: what the owner should fix
@@ -127,6 +130,7 @@ class Daemon:
                                self.jobs, self._facts(stopping=True), now)
         written = self.writer.close(timeout=10)
         self.delivery.close()
+        self.scanner.close()
         if self.ledger is not None:
             # Clean only if every status file says what the ledger says, and the ledger
             # holds everything this daemon knew; else the next start re-reads everything.
@@ -159,17 +163,14 @@ class Daemon:
 
     def step(self, now: float) -> float:
         """Do everything that is due at ``now``; return seconds until the next round."""
-        self._check_safe_mode(now)
+        assert self.ledger is not None, "open() first"
+        self.lifecycle.check_safe_mode(self.ledger, now)
         self._collect_exits(now)
         self._read_jobs(now)
         self._tick(now)
         self._launch_due(now)
         self._publish(now)
         return self._next_deadline(now) - now
-
-    def _check_safe_mode(self, now: float) -> None:
-        assert self.ledger is not None
-        self.lifecycle.check_safe_mode(self.ledger, now)
 
     def _collect_exits(self, now: float) -> None:
         self._observe(self.runner.poll(self._running(), now))
@@ -302,7 +303,7 @@ class Daemon:
             last_scan=rec.last_scan, spool_problem=rec.spool_problem,
             ledger_problem=self.table.ledger_problem, safe_mode=self.lifecycle.safe_mode,
             stopping=stopping, warnings=tuple(self.warnings), refused=dict(rec.refused),
-            notify=self.delivery.problems())
+            notify=self.delivery.problems(), syncthing=self.scanner.report())
 
     def _next_deadline(self, now: float) -> float:
         running = self._running()

@@ -187,6 +187,7 @@ class HostFacts:
     warnings: tuple[str, ...] = ()
     refused: Mapping[str, str] = field(default_factory=dict)
     notify: tuple[tuple[str, str], ...] = ()  # failing notification targets: last error
+    syncthing: Mapping[str, str] | None = None  # the scan requests' state (syncthing.py)
 
 
 def host_state(facts: HostFacts) -> tuple[str, list[str]]:
@@ -223,6 +224,8 @@ def host_document(facts: HostFacts, now: float) -> dict[str, Any]:
         doc["warnings"] = list(facts.warnings)
     if facts.notify:
         doc["notify"] = dict(facts.notify)
+    if facts.syncthing is not None:
+        doc["syncthing"] = dict(facts.syncthing)
     if facts.refused:  # names with no status file of their own
         doc["refused"] = [{"file": rel, "reason": reason}
                           for rel, reason in sorted(facts.refused.items())[:MAX_REFUSED]]
