@@ -81,6 +81,7 @@ DEFAULTS: dict[str, Any] = {
     "notify_on": ("failed", "killed", "lost", "expired", "rejected"),  # states that notify
     "notify_log_tail": 10,  # log lines an event carries (0: none)
     "notify_retry": 10.0,  # a failing target is tried again after this, doubling
+    "labels": (),  # what else this host answers to in a job's `host:` (DESIGN §12)
     "syncthing": None,  # ask the local Syncthing to scan status/HOST/ after writes (DESIGN §13)
 }
 _D = DEFAULTS
@@ -113,6 +114,7 @@ class Settings:
     notify_on: tuple[str, ...] = _D["notify_on"]
     notify_log_tail: int = _D["notify_log_tail"]
     notify_retry: float = _D["notify_retry"]
+    labels: tuple[str, ...] = _D["labels"]
     syncthing: SyncthingConfig | None = _D["syncthing"]
 
     @property
@@ -208,7 +210,7 @@ def _texts_or_none(value: object) -> tuple[str, ...]:
 
 def _texts(value: object) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list):
+    if not isinstance(items, list | tuple):
         raise ValueError(f"must be a list of texts, not {value!r}")
     return tuple(_text(item) for item in items)
 
@@ -245,6 +247,16 @@ def _states(value: object) -> tuple[str, ...]:
     return states
 
 
+def _labels(value: object) -> tuple[str, ...]:
+    """Host labels: names a job's `host:` may use; each one word, duplicates dropped."""
+    labels: dict[str, str] = {}
+    for label in _texts(value):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", label):
+            raise ValueError(f"{label!r} is not a label: letters, digits, '.', '_', '-'")
+        labels.setdefault(label.casefold(), label)
+    return tuple(labels.values())
+
+
 @dataclass(frozen=True, slots=True)
 class Key:
     """One setting: how to read it, its help, and its command-line flag (if any)."""
@@ -264,7 +276,7 @@ class Key:
         """How the flag's value is named in ``--help``."""
         kinds: dict[Callable[[object], Any], str] = {
             _duration: "DURATION", _interval: "DURATION", parse_size: "SIZE", _positive_int: "N",
-            _path: "DIR", _texts: "PATTERN"}
+            _path: "DIR", _texts: "PATTERN", _labels: "LABEL"}
         return kinds.get(self.parse, "NAME")
 
     def show(self, value: Any) -> Any:
@@ -315,6 +327,8 @@ KEYS: tuple[Key, ...] = (
     Key("notify_log_tail", _count, "log lines a notification carries (0: none)"),
     Key("notify_retry", _interval, "a failing notification target is tried again after "
         "this long, doubling up to 15 minutes"),
+    Key("labels", _labels, "labels a job's `host:` may name instead of this host's name "
+        "(README, Fleets)", "--label"),
     Key("syncthing", parse_syncthing, "ask the local Syncthing to scan status/HOST/ at once "
         "after writing there: true, or api, api_key, home, folder (README, Syncthing)"),
 )

@@ -35,7 +35,6 @@ from filerexec.machine import (
     Observed,
     Phase,
     Readiness,
-    Run,
     Signal,
     Start,
     Sweep,
@@ -97,8 +96,7 @@ class Daemon:
         self.runner.open()
         ledger = self.ledger = Ledger(self.settings.state_dir / "ledger.sqlite")
         self.admission.store = ledger
-        self.table.load(ledger)
-        self.delivery.start(ledger.path)  # events a crash left in the outbox go out now
+        self.table.load(ledger)  # and the notifications' outbox in it
         self.reconciler.restore(ledger.seen, self.lifecycle.restorable(ledger))
         self.started = self.clock()
         self.lifecycle.record_start(ledger, self.started)
@@ -153,8 +151,8 @@ class Daemon:
         """Nothing running, nothing due, nothing waiting to settle or to be confirmed deleted."""
         if self.reconciler.settling or self.runner.busy:
             return False
-        # In safe mode a waiting job waits for a person, not for this daemon.
-        resting = (Phase.IDLE, Phase.WAITING) if self.lifecycle.safe_mode else (Phase.IDLE,)
+        # Held back (safe mode, a drain), a waiting job waits for a person, not for this daemon.
+        resting = (Phase.IDLE, Phase.WAITING) if self.lifecycle.hold else (Phase.IDLE,)
         return all(phase(j) in resting and j.missing_since is None
                    for j in self.table.active_jobs()
                    if not (j.version and j.version.readiness is Readiness.NOT_READY))
@@ -163,8 +161,8 @@ class Daemon:
 
     def step(self, now: float) -> float:
         """Do everything that is due at ``now``; return seconds until the next round."""
-        assert self.ledger is not None, "open() first"
-        self.lifecycle.check_safe_mode(self.ledger, now)
+        assert self.ledger is not None
+        self.lifecycle.check(self.ledger, now)  # safe mode, a drain
         self._collect_exits(now)
         self._read_jobs(now)
         self._tick(now)
@@ -173,7 +171,7 @@ class Daemon:
         return self._next_deadline(now) - now
 
     def _collect_exits(self, now: float) -> None:
-        self._observe(self.runner.poll(self._running(), now))
+        self._observe(self.runner.poll(self.table.running(), now))
         # Committed now, not with this step's launches: the ledger writes a job's run
         # history from its current run, so a run that ends and a queued version that
         # starts in one commit would leave the first run without its outcome.
@@ -205,8 +203,10 @@ class Daemon:
 
     def _launch_due(self, now: float) -> None:
         active = self.table.active_jobs()
+        hold = self.lifecycle.hold
+        self._actions.extend(self.table.hold(hold))
         free = self.settings.max_parallel - sum(1 for j in active if j.running)
-        if free > 0 and self.lifecycle.safe_mode is None:
+        if free > 0 and hold is None:
             due = heapq.nsmallest(free, (j for j in active if j.due), key=lambda j: (
                 j.version.seen if j.version and j.version.seen else 0, j.name))
             for job in due:
@@ -292,9 +292,6 @@ class Daemon:
 
     # --- what the loop and host.yaml need to know ----------------------------
 
-    def _running(self) -> list[tuple[str, Run]]:
-        return [(j.name, j.run) for j in self.table.active_jobs() if j.running and j.run]
-
     def _facts(self, stopping: bool = False) -> HostFacts:
         rec = self.reconciler
         return HostFacts(
@@ -303,10 +300,12 @@ class Daemon:
             last_scan=rec.last_scan, spool_problem=rec.spool_problem,
             ledger_problem=self.table.ledger_problem, safe_mode=self.lifecycle.safe_mode,
             stopping=stopping, warnings=tuple(self.warnings), refused=dict(rec.refused),
-            notify=self.delivery.problems(), syncthing=self.scanner.report())
+            labels=self.settings.labels, notify=self.delivery.problems(),
+            drain=self.lifecycle.drain_state(bool(self.table.running())),
+            syncthing=self.scanner.report())
 
     def _next_deadline(self, now: float) -> float:
-        running = self._running()
+        running = self.table.running()
         deadlines = [self._next_scan, self.publisher.next_due(now, bool(running))]
         if self.table.ledger_problem is not None:
             deadlines.append(self.table.ledger_retry)

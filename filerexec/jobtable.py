@@ -19,10 +19,23 @@ import logging
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Protocol
 
 from filerexec.ledger import FileKey, Ledger
-from filerexec.machine import Action, Event, Job, Launch, Phase, State, Timing, phase, transition
+from filerexec.machine import (
+    Action,
+    Event,
+    Held,
+    Job,
+    Launch,
+    Phase,
+    Run,
+    State,
+    Timing,
+    phase,
+    transition,
+)
 from filerexec.notify import Outgoing, committed_key, is_news
 
 
@@ -35,12 +48,18 @@ class Notifier(Protocol):
     def wake(self) -> None:
         """New events were committed."""
 
+    def start(self, ledger: Path) -> None:
+        """Open the outbox in the ledger and send what a crash left there."""
+
 
 class _Silent:
     def notices(self, job: Job, now: float) -> list[Outgoing]:
         return []
 
     def wake(self) -> None:
+        pass
+
+    def start(self, ledger: Path) -> None:
         pass
 
 logger = logging.getLogger(__name__)
@@ -65,17 +84,26 @@ class JobTable:
         self._removed: set[str] = set()  # forgotten jobs whose records are still to delete
         self._before_launch: dict[str, Job] = {}  # undone if "starting" cannot be committed
         self._ledger: Ledger | None = None
+        self._held = True  # a reason of the last hold may be left in waiting jobs: clear it
 
     def load(self, ledger: Ledger) -> None:
-        """Every job as the ledger last committed it; later commits go there."""
+        """Every job as the ledger last committed it; later commits go there.
+
+        The notifier starts sending from the ledger's outbox: what a crash left there first.
+        """
         self._ledger = ledger
         self.jobs.update(ledger.load())
         for name, job in self.jobs.items():
             self._track(name, job)
             self._committed[name] = committed_key(job)
+        self.notifier.start(ledger.path)
 
     def active_jobs(self) -> list[Job]:
         return [j for n in self.active if (j := self.jobs.get(n)) is not None]
+
+    def running(self) -> list[tuple[str, Run]]:
+        """The running jobs' names and runs."""
+        return [(j.name, j.run) for j in self.active_jobs() if j.running and j.run]
 
     def apply(self, name: str, event: Event) -> list[Action]:
         """Feed one event to one job; the actions to carry out once committed."""
@@ -93,6 +121,16 @@ class JobTable:
         """Grant a due job a slot; undone by ``undo_launch`` if it cannot be committed."""
         self._before_launch[name] = self.jobs[name]
         return self.apply(name, Launch(run_id, now))
+
+    def hold(self, reason: str | None) -> list[Action]:
+        """The host starts nothing new (``reason``), or starts again (None): due jobs say so."""
+        actions = []
+        if reason is not None or self._held:
+            for job in self.active_jobs():
+                if job.due:
+                    actions.extend(self.apply(job.name, Held(reason)))
+            self._held = reason is not None
+        return actions
 
     def undo_launch(self, name: str) -> None:
         """"Starting" could not be committed: the job waits, as it did, and says why."""
