@@ -295,7 +295,7 @@ class Daemon:
         return HostFacts(
             host=self.settings.host, version=__version__, pid=os.getpid(), started=self.started,
             watcher="polling" if self.settings.poll else self.watcher.kind,
-            last_scan=rec.last_scan, spool_available=rec.spool_available,
+            last_scan=rec.last_scan, spool_problem=rec.spool_problem,
             ledger_problem=self.table.ledger_problem, safe_mode=self.lifecycle.safe_mode,
             stopping=stopping, warnings=tuple(self.warnings), refused=dict(rec.refused))
 

@@ -2,7 +2,8 @@
 
 It decides *what* to write and *when* — changed statuses, a running job's log every
 few seconds, a finished run's log before its status, ``index.md`` coalesced,
-``host.yaml`` on every change of the host's facts and as a heartbeat — and hands it
+``index.html`` with it and with every heartbeat (the page shows it), ``host.yaml`` on
+every change of the host's facts and as a heartbeat — and hands it
 to the status writer's thread (writer.py). A finished run's raw files are deleted
 only once its log and its committed status are written. Status files are a view:
 nothing here is read back to decide anything.
@@ -71,10 +72,14 @@ class Publisher:
             self.writer.job(job, conflicts.get(job.name, ()), forget=forget)
         if changed and self._index_due is None:
             self._index_due = now + INDEX_DELAY
-        if self._index_due is not None and now >= self._index_due:
+        host_news = now >= self._next_heartbeat or not self._same_facts(facts)
+        index_due = self._index_due is not None and now >= self._index_due
+        if index_due:
             self.writer.index(list(jobs.values()), now)
             self._index_due = None
-        if changed or now >= self._next_heartbeat or not self._same_facts(facts):
+        if index_due or host_news:  # index.html carries the heartbeat: rewritten with it
+            self.writer.page(list(jobs.values()), host_document(facts, now))
+        if changed or host_news:
             self.write_host(facts, jobs, now)
 
     def write_host(self, facts: HostFacts, jobs: Mapping[str, Job], now: float) -> None:

@@ -34,8 +34,9 @@ from filerexec.spool import (
     Listing,
     NotReady,
     Refused,
+    Unavailable,
+    list_jobs,
     read_job_file,
-    scan,
     stat_file,
 )
 from filerexec.watch import Hint
@@ -70,7 +71,7 @@ class Reconciler:
         self.admit = admit
         self.conflicts: dict[str, list[str]] = {}  # job → its conflicted copies
         self.refused: dict[str, str] = {}  # files under jobs/ whose names cannot be jobs
-        self.spool_available = True
+        self.spool_problem: str | None = None  # why jobs/ cannot be listed, if so
         self.last_scan: float | None = None
         self.known: dict[str, FileKey] = {}  # stat key of each file read
         self._unsettled: dict[str, _Unsettled] = {}
@@ -83,6 +84,10 @@ class Reconciler:
         self._seen, self._restored = seen, files
 
     @property
+    def spool_available(self) -> bool:
+        return self.spool_problem is None
+
+    @property
     def settling(self) -> list[float]:
         """When each file written in place will have stood still long enough."""
         return [u.since + self.settings.settle for u in self._unsettled.values()]
@@ -92,17 +97,22 @@ class Reconciler:
 
     def reconcile(self, now: float, hints: dict[str, Hint]) -> Observations:
         """List ``jobs/`` and report the difference with what was seen before."""
-        listing = scan(self.settings.jobs_dir)
+        listing: Listing | None = None
+        problem: str | None = None
+        try:
+            listing = list_jobs(self.settings.jobs_dir)
+        except Unavailable as e:
+            problem = str(e)
         self.last_scan = now
         seen = Observations()
-        if (listing is not None) != self.spool_available:
-            self.spool_available = listing is not None
-            if listing is None:
-                logger.warning("spool unavailable: %s is missing; no job is touched",
-                               self.settings.jobs_dir)
+        if problem != self.spool_problem:
+            if problem is not None:
+                logger.warning("spool unavailable: %s; no job is touched", problem)
             else:
                 logger.info("spool available again: %s", self.settings.jobs_dir)
+            self.spool_problem = problem
         if listing is None:
+            self._listing = None  # nor may a hint be read before jobs/ is listed again
             return seen
         self._listing = listing
         seen.restatus = self._update_conflicts(listing)
@@ -113,7 +123,7 @@ class Reconciler:
         for name, info in listing.jobs.items():
             self._consider(name, info, now, hints.get(info.where), seen.events)
         for name in list(self.jobs):
-            if name not in listing.jobs:
+            if name not in listing.jobs and not listing.holds(name):
                 self.known.pop(name, None)
                 self._unsettled.pop(name, None)
                 if self.jobs[name].deleted is None:

@@ -180,7 +180,7 @@ class HostFacts:
     started: float
     watcher: str
     last_scan: float | None = None
-    spool_available: bool = True
+    spool_problem: str | None = None  # why jobs/ cannot be listed ("spool unavailable")
     ledger_problem: str | None = None
     safe_mode: str | None = None
     stopping: bool = False
@@ -191,12 +191,12 @@ class HostFacts:
 def host_state(facts: HostFacts) -> tuple[str, list[str]]:
     """The host's state word and every problem keeping it from working normally."""
     problems = [p for p in (
-        None if facts.spool_available else "spool unavailable",
+        facts.spool_problem and f"spool unavailable: {facts.spool_problem}",
         facts.ledger_problem and f"ledger unwritable: {facts.ledger_problem}",
         facts.safe_mode and f"safe mode: {facts.safe_mode}") if p]
     if facts.stopping:
         return "stopped", problems
-    if not facts.spool_available:
+    if facts.spool_problem is not None:
         return "spool unavailable", problems
     if facts.ledger_problem is not None:
         return "ledger unwritable", problems

@@ -153,3 +153,34 @@ def holds(path: Path, data: bytes) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+def read_tail(base: Path, path: Path, size: int) -> bytes:
+    """The last ``size`` bytes of the plain file ``path``; b"" if it is not one.
+
+    Never through a link below ``base`` (a planted link would show another file's content
+    on the status page), never blocking on a FIFO.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        if _DIR_FD:
+            folder = _open_folder(base, path.parent, create=False)
+            try:
+                fd = os.open(path.name, flags, dir_fd=folder)
+            finally:
+                os.close(folder)
+        else:
+            _check_no_links(base, path.parent)
+            fd = os.open(path, flags)
+    except OSError:
+        return b""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return b""
+        os.lseek(fd, max(0, st.st_size - size), os.SEEK_SET)
+        return os.read(fd, size)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)

@@ -10,6 +10,7 @@ import errno
 import functools
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,53 +82,155 @@ class Listing:
     jobs: dict[str, FileStat] = field(default_factory=dict)
     conflicts: dict[str, list[str]] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)  # unsafe job-like names → why
+    # Entries and folders that could not be examined: the jobs in them are not missing.
+    unlisted: set[str] = field(default_factory=set)
+
+    def refuse(self, rel: str, why: str) -> None:
+        """An entry (a folder ends in "/") that cannot be listed: refused, never missing."""
+        self.refused[rel] = why
+        self.unlisted.add(rel)
+
+    def holds(self, name: str) -> bool:
+        """Whether job ``name`` may be in a part of jobs/ that could not be listed."""
+        return any(name.startswith(rel) if rel.endswith("/") else _classify(rel).job == name
+                   for rel in self.unlisted)
+
+
+class Unavailable(Exception):
+    """``jobs/`` as a whole cannot be listed: missing, a link, not a folder, unreadable."""
 
 
 def scan(jobs_dir: Path) -> Listing | None:
     """List every job file under ``jobs_dir``; None when the folder is unavailable."""
-    listing = Listing()
-    chosen: dict[str, str] = {}
     try:
-        _walk(jobs_dir, "", listing, chosen)
-    except FileNotFoundError:
+        return list_jobs(jobs_dir)
+    except Unavailable:
         return None
-    except NotADirectoryError:
-        return None
+
+
+# The walk holds a descriptor of each folder and opens the next one below it without
+# following a link, so that no link (planted, or swapped in for a folder mid-walk) ever
+# leads a listing out of jobs/. Where descriptors cannot be walked (Windows) each folder
+# is checked with lstat first.
+_BY_FD = os.scandir in os.supports_fd and os.open in os.supports_dir_fd
+_DIR_FLAGS = (os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+              | getattr(os, "O_CLOEXEC", 0))
+MAX_DEPTH = 32  # folders inside jobs/: far more than anyone sorts jobs into
+# A job's status path (status/HOST/NAME.yaml) must fit the system's limit as its file does;
+# this leaves room for the host's folder name beside the longest path a listing accepts.
+MAX_PATH = 4096 - 256
+Folder = int | str  # a descriptor, or a path where descriptors cannot be walked
+
+
+def list_jobs(jobs_dir: Path) -> Listing:
+    """Every job file under ``jobs_dir``, never following a link; Unavailable if it cannot
+    be listed at all. An entry or folder that cannot be examined is listed as refused."""
+    listing = Listing()
+    top = _open_top(jobs_dir)
+    try:
+        with os.scandir(top) as entries:
+            _walk(top, entries, str(jobs_dir), "", listing, {})
+    except OSError as e:
+        raise Unavailable(f"{jobs_dir} cannot be listed ({_words(e)})") from None
+    finally:
+        if isinstance(top, int):
+            os.close(top)
     return listing
 
 
-def _walk(folder: Path, prefix: str, listing: Listing, chosen: dict[str, str]) -> None:
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            rel = prefix + entry.name
-            try:
-                # Windows' DirEntry.stat() leaves st_ino and st_nlink 0: the read's fstat
-                # would never match it. lstat there is what stat_file and the read see.
-                st = os.lstat(entry.path) if _NT else entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # vanished between listing and stat
-            if stat.S_ISDIR(st.st_mode):
-                if not is_skipped_dir(entry.name):
-                    try:
-                        _walk(Path(entry.path), rel + "/", listing, chosen)
-                    except (FileNotFoundError, NotADirectoryError, PermissionError):
-                        continue
-                continue
-            found = _classify(rel)
-            if found.kind is Kind.CONFLICT and found.job:
-                listing.conflicts.setdefault(found.job, []).append(rel)
-            elif found.kind is Kind.OTHER and (why := refusal(rel)):
-                listing.refused[rel] = why
-            elif found.kind is Kind.JOB and found.job:
-                name = found.job
-                current = chosen.get(name)
-                if current is not None and _rank(current) <= _rank(rel):
-                    listing.conflicts.setdefault(name, []).append(rel)
-                    continue
-                if current is not None:
-                    listing.conflicts.setdefault(name, []).append(current)
-                chosen[name] = rel
-                listing.jobs[name] = FileStat.of(entry.path, st)
+def _open_top(jobs_dir: Path) -> Folder:
+    try:
+        st = os.lstat(jobs_dir)
+    except FileNotFoundError:
+        raise Unavailable(f"{jobs_dir} is missing") from None
+    except OSError as e:
+        raise Unavailable(f"{jobs_dir} cannot be examined ({_words(e)})") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise Unavailable(f"{jobs_dir} is a symbolic link; jobs are never read through a "
+                          "link: make jobs/ a real folder again") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise Unavailable(f"{jobs_dir} is not a folder")
+    if not _BY_FD:
+        return str(jobs_dir)
+    try:
+        return os.open(jobs_dir, _DIR_FLAGS)
+    except OSError as e:  # ELOOP: replaced by a link since the lstat
+        raise Unavailable(f"{jobs_dir} cannot be opened as a folder ({_words(e)})") from None
+
+
+def _words(e: OSError) -> str:
+    """An error in words, without the path (which can be thousands of characters long)."""
+    return e.strerror or type(e).__name__
+
+
+def _walk(folder: Folder, entries: Iterator[os.DirEntry[str]], where: str, prefix: str,
+          listing: Listing, chosen: dict[str, str]) -> None:
+    for entry in entries:
+        rel, path = prefix + entry.name, os.path.join(where, entry.name)
+        try:
+            # Windows' DirEntry.stat() leaves st_ino and st_nlink 0: the read's fstat would
+            # never match it. lstat there is what stat_file and the read see.
+            st = os.lstat(path) if _NT else entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # vanished between listing and stat
+        except OSError as e:
+            listing.refuse(rel, f"it cannot be examined: {_words(e)}")
+            continue
+        if len(os.fsencode(path)) > MAX_PATH:
+            listing.refuse(rel, f"its path is longer than {MAX_PATH} bytes; move it up")
+        elif stat.S_ISDIR(st.st_mode):
+            if not is_skipped_dir(entry.name):
+                _walk_below(folder, entry.name, path, rel + "/", listing, chosen)
+        else:
+            _list_file(rel, FileStat.of(path, st), listing, chosen)
+
+
+def _walk_below(folder: Folder, name: str, where: str, prefix: str, listing: Listing,
+                chosen: dict[str, str]) -> None:
+    """List a sub-folder; one that cannot be listed is refused, and its jobs kept as they are."""
+    if prefix.count("/") > MAX_DEPTH:
+        listing.refuse(prefix, f"it is more than {MAX_DEPTH} folders deep; move it up")
+        return
+    try:
+        below: Folder = (os.open(name, _DIR_FLAGS, dir_fd=folder) if isinstance(folder, int)
+                         else _checked_dir(where))
+    except FileNotFoundError:
+        return
+    except OSError as e:  # ELOOP: a folder swapped for a link since it was listed
+        listing.refuse(prefix, f"the folder cannot be opened: {_words(e)}")
+        return
+    try:
+        with os.scandir(below) as entries:
+            _walk(below, entries, where, prefix, listing, chosen)
+    except OSError as e:
+        listing.refuse(prefix, f"the folder cannot be listed: {_words(e)}")
+    finally:
+        if isinstance(below, int):
+            os.close(below)
+
+
+def _checked_dir(where: str) -> str:
+    if not stat.S_ISDIR(os.lstat(where).st_mode):
+        raise OSError(errno.ELOOP, "not a plain folder (a link?)")
+    return where
+
+
+def _list_file(rel: str, info: FileStat, listing: Listing, chosen: dict[str, str]) -> None:
+    found = _classify(rel)
+    if found.kind is Kind.CONFLICT and found.job:
+        listing.conflicts.setdefault(found.job, []).append(rel)
+    elif found.kind is Kind.OTHER and (why := refusal(rel)):
+        listing.refused[rel] = why
+    elif found.kind is Kind.JOB and found.job:
+        name = found.job
+        current = chosen.get(name)
+        if current is not None and _rank(current) <= _rank(rel):
+            listing.conflicts.setdefault(name, []).append(rel)
+            return
+        if current is not None:
+            listing.conflicts.setdefault(name, []).append(current)
+        chosen[name] = rel
+        listing.jobs[name] = info
 
 
 def stat_file(jobs_dir: Path, path: str) -> tuple[str, FileStat] | None:
@@ -141,13 +244,32 @@ def stat_file(jobs_dir: Path, path: str) -> tuple[str, FileStat] | None:
     if found.kind is not Kind.JOB or not found.job:
         return None
     where = os.path.join(jobs_dir, *parts)
+    if len(os.fsencode(where)) > MAX_PATH or len(parts) > MAX_DEPTH:
+        return None  # the listing refuses it
     try:
-        st = os.lstat(where)
-    except OSError:
+        st = _lstat_below(jobs_dir, parts)
+    except (OSError, Unavailable):
         return None
     if stat.S_ISDIR(st.st_mode):
         return None
     return found.job, FileStat.of(where, st)
+
+
+def _lstat_below(jobs_dir: Path, parts: list[str]) -> os.stat_result:
+    """The stat of ``jobs_dir/parts…``, reached without following a link on the way."""
+    folder = _open_top(jobs_dir) if _BY_FD else None
+    if not isinstance(folder, int):
+        for i in range(len(parts) - 1):
+            _checked_dir(os.path.join(jobs_dir, *parts[: i + 1]))
+        return os.lstat(os.path.join(jobs_dir, *parts))
+    try:
+        for part in parts[:-1]:
+            below = os.open(part, _DIR_FLAGS, dir_fd=folder)
+            os.close(folder)
+            folder = below
+        return os.stat(parts[-1], dir_fd=folder, follow_symlinks=False)
+    finally:
+        os.close(folder)
 
 
 def _rank(rel: str) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import sys
 import threading
 from collections.abc import Callable
@@ -143,10 +144,13 @@ class Watcher:
         return type(self._observer).__name__.replace("Observer", "").lower() or "native"
 
     def ensure(self) -> None:
-        """Watch ``jobs/`` if it exists and is not already watched (it may have been replaced)."""
+        """Watch ``jobs/`` if it is a folder (not a link) and is not already watched (it may
+        have been replaced)."""
         try:
-            st = self.jobs_dir.stat()
+            st = os.lstat(self.jobs_dir)  # never a link: jobs -> / would watch every folder
         except OSError:
+            st = None
+        if st is None or not stat.S_ISDIR(st.st_mode):
             self.stop()
             return
         same = self._watched == (st.st_dev, st.st_ino)

@@ -18,8 +18,9 @@ from typing import Any
 
 from filerexec.machine import Job
 from filerexec.names import job_name
+from filerexec.page import TAIL_BYTES, render_page
 from filerexec.render import dump_yaml, job_status, log_tail, render_index
-from filerexec.safefile import atomic_write, holds, remove_below
+from filerexec.safefile import atomic_write, holds, read_tail, remove_below
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class StatusDir:
         self.host = host
         self.spool = spool  # trusted; everything below it is synced and may hold links
         self._index_rows: dict[str, tuple[Job, float, str]] = {}
+        self._tails: dict[str, bytes] = {}  # each log's end as last written (for index.html)
 
     def job_path(self, name: str) -> Path:
         return self.root / f"{_checked(name)}.yaml"
@@ -56,6 +58,18 @@ class StatusDir:
         atomic_write(self.root / "index.md",
                      render_index(jobs, self.host, now, self._index_rows).encode(), self.spool)
 
+    def write_page(self, jobs: Iterable[Job], host_doc: Mapping[str, Any]) -> None:
+        """index.html: the heartbeat and the newest jobs with their logs' last lines."""
+        atomic_write(self.root / "index.html",
+                     render_page(jobs, host_doc, self._tail).encode(), self.spool)
+
+    def _tail(self, name: str) -> bytes:
+        """A log's end as this host last wrote it; read back once after a restart."""
+        tail = self._tails.get(name)
+        if tail is None:
+            tail = self._tails[name] = read_tail(self.spool, self.log_path(name), TAIL_BYTES)
+        return tail
+
     def write_host(self, doc: Mapping[str, Any]) -> None:
         atomic_write(self.root / "host.yaml", dump_yaml(doc), self.spool)
 
@@ -72,10 +86,12 @@ class StatusDir:
         # An error goes up to the writer, which keeps the run's output and retries: a log
         # lost here would be lost for good once the status is written.
         atomic_write(self.log_path(name), tail, self.spool)
+        self._tails[name] = tail[-TAIL_BYTES:]
 
     def remove_job(self, name: str) -> bool:
         """Remove a job's status and log (its retention is over); False if either stays."""
         removed = [remove_below(self.spool, p) for p in (self.job_path(name), self.log_path(name))]
+        self._tails.pop(name, None)
         return all(removed)
 
 
@@ -138,6 +154,9 @@ class StatusWriter:
 
     def index(self, jobs: list[Job], now: float) -> None:
         self._queue_other("index", lambda: self.status.write_index(jobs, now))
+
+    def page(self, jobs: list[Job], host_doc: Mapping[str, Any]) -> None:
+        self._queue_other("page", lambda: self.status.write_page(jobs, host_doc))
 
     def host(self, doc: Callable[[], Mapping[str, Any]]) -> None:
         """Queue host.yaml; ``doc`` is built on the writer thread (counts are O(jobs))."""

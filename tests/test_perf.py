@@ -20,7 +20,7 @@ from filerexec.ledger import Ledger
 from filerexec.machine import Job, Readiness, State, Version
 from filerexec.render import render_index
 from filerexec.spec import parse_job
-from filerexec.spool import read_job_file, scan
+from filerexec.spool import list_jobs, read_job_file
 from filerexec.watch import Hint, Hints, Watcher, _Handler
 from filerexec.writer import StatusDir, StatusWriter
 from tests.conftest import Host
@@ -206,8 +206,8 @@ def test_moved_in_file_starts_before_jobs_is_listed_unless_another_file_names_it
     daemon.open()
     daemon.run(threading.Event(), once=True)  # the first listing; b has run
     order: list[str] = []
-    real_scan, real_spawn = scan, process.spawn
-    monkeypatch.setattr(reconcile_module, "scan",
+    real_scan, real_spawn = list_jobs, process.spawn
+    monkeypatch.setattr(reconcile_module, "list_jobs",
                         lambda d: order.append("scan") or real_scan(d))
     monkeypatch.setattr(process, "spawn",
                         lambda launch: order.append("spawn") or real_spawn(launch))

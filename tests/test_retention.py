@@ -80,9 +80,10 @@ def test_retention_flag_reaches_the_real_daemon(host: Host) -> None:
     host.drop("brief.yaml", "commands: echo hi\n")
     host.wait_state("brief", "succeeded")
     (host.spool / "jobs" / "brief.yaml").unlink()
-    wait_for(lambda: not (host.status_dir / "brief.yaml").exists(), timeout=10,
-             what="the deleted job's status to be removed")
-    assert not (host.status_dir / "brief.log").exists()
+    # The status goes first, then the log: wait for both (checking the log at once raced).
+    wait_for(lambda: not (host.status_dir / "brief.yaml").exists()
+             and not (host.status_dir / "brief.log").exists(), timeout=10,
+             what="the deleted job's status and log to be removed")
 
 
 def test_a_ledger_error_during_retention_is_shown_and_retried_not_a_crash(
