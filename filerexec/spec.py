@@ -22,6 +22,8 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from filerexec import characters
+
 try:
     from yaml import CSafeLoader as _BaseLoader
 except ImportError:  # pragma: no cover - PyYAML built without libyaml
@@ -536,6 +538,8 @@ def _job(root: Node | None, name: str) -> JobSpec:
     values: dict[str, Any] = {}
     for key, node in _settings(root).items():
         field, convert, what, hint = _FIELDS[key]
+        if found := characters.problem(key, node):  # what YAML's escapes wrote
+            raise _error(found[1], found[0], found[2])
         if key in _OPTIONAL and isinstance(node, ScalarNode) and not _word(key, node):
             continue  # `cwd: ~`, or `timeout:` with nothing after it: the default
         try:

@@ -7,14 +7,25 @@ PATH_MAX, a sub-folder that cannot be listed.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from filerexec import process
+from filerexec.config import Settings
+from filerexec.daemon import Daemon
+from filerexec.machine import State
 from filerexec.spool import MAX_PATH, Unavailable, list_jobs
 from tests.conftest import Host, pid_alive
+from tests.dying_daemon import DieBeforeSpawn
 from tests.util import wait_for
 
 # Tests run as root, and root lists a mode-000 folder. The daemon is started without
@@ -170,3 +181,122 @@ def test_listing_errors_are_refusals_not_crashes(tmp_path: Path) -> None:
         make()
         with pytest.raises(Unavailable, match=words):
             list_jobs(jobs)
+
+
+# --- the spawn path: a failure of any kind fails one job, never its batch ---------------
+
+
+class FailSome(DieBeforeSpawn):
+    """The real process API, except that some jobs' spawns raise what they name."""
+
+    def __init__(self, errors: dict[str, Exception]) -> None:
+        self.errors = errors
+
+    def spawn(self, launch: process.Launch) -> process.Started:
+        error = self.errors.get(launch.env["FILEREXEC_JOB"])
+        if error is not None:
+            raise error
+        return process.spawn(launch)
+
+
+def test_a_spawn_that_fails_in_any_way_fails_that_job_and_the_batch_runs(
+        spool: Path, tmp_path: Path) -> None:
+    errors: dict[str, Exception] = {
+        "nul": ValueError("embedded null byte"),
+        "big": OSError(errno.E2BIG, "Argument list too long"),
+        "odd": RuntimeError("something nobody expected"),
+    }
+    names = ["a", *errors, "z"]
+    for name in names:
+        (spool / "jobs" / f"{name}.yaml").write_text("commands: 'true'\n")
+    daemon = Daemon(Settings(spool=spool, host="h", state_dir=tmp_path / "state", poll=True,
+                             settle=0.0), procs=FailSome(errors))
+    daemon.open()
+    try:
+        daemon.run(threading.Event(), once=True)  # all five launch in one step
+        states = {n: (daemon.jobs[n].state, daemon.jobs[n].reason) for n in names}
+    finally:
+        daemon.close()
+    assert states["a"] == states["z"] == (State.SUCCEEDED, "exit code 0")
+    assert states["nul"] == (State.FAILED, "could not start: ValueError: embedded null byte")
+    assert states["big"][0] is State.FAILED and "Argument list too long" in states["big"][1]
+    assert states["odd"] == (State.FAILED, "could not start: RuntimeError: something nobody "
+                                           "expected")
+
+
+# --- the listing path, fuzzed: any error of any entry or folder --------------------------
+
+_ERRNOS = [errno.EACCES, errno.ENAMETOOLONG, errno.ELOOP, errno.EIO, errno.ENOENT,
+           errno.ENOTDIR, errno.EMFILE]
+
+
+class _Entry:
+    """A directory entry whose stat fails with an injected error."""
+
+    def __init__(self, entry: os.DirEntry[str], code: int) -> None:
+        self.name, self.path, self._code = entry.name, entry.path, code
+
+    def stat(self, follow_symlinks: bool = True) -> os.stat_result:
+        raise OSError(self._code, os.strerror(self._code))
+
+
+_FILES = ("a.yaml", "d/b.yaml", "d/e/c.yaml", "f.yaml")
+_FOLDERS = ("d", "d/e")
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(files=st.dictionaries(st.sampled_from(_FILES), st.sampled_from(_ERRNOS), max_size=3),
+       folders=st.dictionaries(st.sampled_from(_FOLDERS), st.tuples(
+           st.sampled_from(["open", "scandir"]), st.sampled_from(_ERRNOS)), max_size=2))
+def test_listing_errors_anywhere_refuse_that_entry_and_never_raise(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, int],
+        folders: dict[str, tuple[str, int]]) -> None:
+    jobs = tmp_path / "fuzz" / "jobs"
+    if not jobs.exists():
+        (jobs / "d" / "e").mkdir(parents=True)
+        for rel in _FILES:
+            (jobs / rel).write_text("commands: ls\n")
+    real_open, real_scandir = os.open, os.scandir
+    names: dict[int, str] = {}  # descriptor → its folder, relative to jobs/ ("" for jobs/)
+
+    def fault(rel: str, where: str) -> None:
+        if rel in folders and folders[rel][0] == where:
+            raise OSError(folders[rel][1], os.strerror(folders[rel][1]))
+
+    def fake_open(path: str | Path, flags: int, mode: int = 0o777, *,
+                  dir_fd: int | None = None) -> int:
+        rel = "" if dir_fd is None else f"{names[dir_fd]}{path}"
+        fault(rel, "open")
+        fd = real_open(path, flags, mode, dir_fd=dir_fd)
+        names[fd] = rel + "/" if rel else ""
+        return fd
+
+    def fake_scandir(folder: int) -> Any:
+        prefix = names[folder]
+        fault(prefix.rstrip("/"), "scandir")
+        with real_scandir(folder) as entries:
+            listed = [_Entry(e, files[prefix + e.name]) if prefix + e.name in files else e
+                      for e in entries]
+        return contextlib.nullcontext(iter(listed))
+
+    monkeypatch.setattr(os, "open", fake_open)  # for the walk alone: undone right after it
+    monkeypatch.setattr(os, "scandir", fake_scandir)
+    try:
+        listing = list_jobs(jobs)  # raises nothing
+    finally:
+        monkeypatch.undo()
+
+    def below_fault(rel: str) -> bool:
+        return any(rel.startswith(f + "/") for f in folders)
+    assert set(listing.jobs) == {r.removesuffix(".yaml") for r in _FILES
+                                 if r not in files and not below_fault(r)}
+    faulted = {**{r: (r, "stat", c) for r, c in files.items()},
+               **{r: (r + "/", w, c) for r, (w, c) in folders.items()}}
+    for rel, (shown, where, code) in faulted.items():
+        if below_fault(rel) or (code == errno.ENOENT and where != "scandir"):
+            assert shown not in listing.refused  # not reached, or vanished: nothing to say
+        else:
+            assert os.strerror(code) in listing.refused[shown], (faulted, listing.refused)
+            job = rel.removesuffix(".yaml") if rel in files else rel + "/x"
+            assert listing.holds(job)  # neither run nor counted as deleted
