@@ -28,6 +28,8 @@ import yaml
 
 from filerexec import APP
 from filerexec.spec import MAX_JOB_BYTES, SpecError, parse_duration
+from filerexec.syncthing import SyncthingConfig
+from filerexec.syncthing import parse_config as parse_syncthing
 
 CONFIG_VAR = "FILEREXEC_CONFIG"
 STATE_VAR = "FILEREXEC_STATE_DIR"
@@ -74,6 +76,7 @@ DEFAULTS: dict[str, Any] = {
     "totp_window": 300.0,  # how old a phone's code may be when its job is read
     "storm_starts": 5,  # more daemon starts than this within storm_window → safe mode
     "storm_window": 120.0,
+    "syncthing": None,  # ask the local Syncthing to scan status/HOST/ after writes (DESIGN §13)
 }
 _D = DEFAULTS
 
@@ -100,6 +103,7 @@ class Settings:
     totp_window: float = _D["totp_window"]
     storm_starts: int = _D["storm_starts"]
     storm_window: float = _D["storm_window"]
+    syncthing: SyncthingConfig | None = _D["syncthing"]
 
     @property
     def jobs_dir(self) -> Path:
@@ -216,6 +220,8 @@ class Key:
         """The value as a person would write it in the config file."""
         if value is None:
             return None
+        if isinstance(value, SyncthingConfig):
+            return value.shown() or True
         if self.parse in (_duration, _interval):
             return _human_duration(value)
         if self.parse is parse_size:
@@ -250,6 +256,8 @@ KEYS: tuple[Key, ...] = (
     Key("storm_starts", _positive_int, "more daemon starts than this within storm_window "
         "mean safe mode (README, What happens when things fail)", "--storm-starts"),
     Key("storm_window", _interval, "see storm_starts", "--storm-window"),
+    Key("syncthing", parse_syncthing, "ask the local Syncthing to scan status/HOST/ at once "
+        "after writing there: true, or api, api_key, home, folder (README, Syncthing)"),
 )
 KEY_NAMES = tuple(k.name for k in KEYS)
 _BY_NAME = {k.name: k for k in KEYS}

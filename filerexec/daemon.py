@@ -48,6 +48,7 @@ from filerexec.publisher import Publisher
 from filerexec.reconcile import Reconciler
 from filerexec.render import HostFacts
 from filerexec.runner import LocalRunner, Runner, new_run_id
+from filerexec.syncthing import Scanner
 from filerexec.watch import Hints, Watcher
 from filerexec.writer import StatusWriter
 
@@ -76,6 +77,8 @@ class Daemon:
         self.publisher = Publisher(settings, writer)
         self.jobs: dict[str, Job] = self.table.jobs  # the same dict, read only here
         self.writer = self.publisher.writer
+        self.scanner = Scanner(settings.syncthing, self.publisher.status.root, self.wake.set)
+        self.writer.written = self.scanner.request  # results leave at once, not in 10 s
         self.lifecycle = Lifecycle(settings)
         self.ledger: Ledger | None = None
         self.warnings: list[str] = []  # shown in host.yaml: what the owner should fix
@@ -123,6 +126,7 @@ class Daemon:
         self.publisher.publish(self.table.take_changed(), self.reconciler.conflicts,
                                self.jobs, self._facts(stopping=True), now)
         written = self.writer.close(timeout=10)
+        self.scanner.close()
         if self.ledger is not None:
             # Clean only if every status file says what the ledger says, and the ledger
             # holds everything this daemon knew; else the next start re-reads everything.
@@ -297,7 +301,8 @@ class Daemon:
             watcher="polling" if self.settings.poll else self.watcher.kind,
             last_scan=rec.last_scan, spool_problem=rec.spool_problem,
             ledger_problem=self.table.ledger_problem, safe_mode=self.lifecycle.safe_mode,
-            stopping=stopping, warnings=tuple(self.warnings), refused=dict(rec.refused))
+            stopping=stopping, warnings=tuple(self.warnings), refused=dict(rec.refused),
+            syncthing=self.scanner.report())
 
     def _next_deadline(self, now: float) -> float:
         running = self._running()

@@ -186,6 +186,7 @@ class HostFacts:
     stopping: bool = False
     warnings: tuple[str, ...] = ()
     refused: Mapping[str, str] = field(default_factory=dict)
+    syncthing: Mapping[str, str] | None = None  # the scan requests' state (syncthing.py)
 
 
 def host_state(facts: HostFacts) -> tuple[str, list[str]]:
@@ -220,6 +221,8 @@ def host_document(facts: HostFacts, now: float) -> dict[str, Any]:
         doc["reason"] = "; ".join(problems)
     if facts.warnings:
         doc["warnings"] = list(facts.warnings)
+    if facts.syncthing is not None:
+        doc["syncthing"] = dict(facts.syncthing)
     if facts.refused:  # names with no status file of their own
         doc["refused"] = [{"file": rel, "reason": reason}
                           for rel, reason in sorted(facts.refused.items())[:MAX_REFUSED]]

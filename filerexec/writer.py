@@ -142,6 +142,7 @@ class StatusWriter:
         self._delay = retry
         self._failing: dict[str, str] = {}  # what failed, and how, as last logged
         self._thread: threading.Thread | None = None
+        self.written: Callable[[], None] = lambda: None  # after a pass (syncthing.Scanner)
 
     def job(self, job: Job, conflicts: Iterable[str] = (), log: Path | None = None,
             forget: Iterable[Path] = ()) -> None:
@@ -246,6 +247,8 @@ class StatusWriter:
                     self._other.setdefault(key, write)
         with self._cond:
             self._clean = not failed
+        if jobs or other:
+            self.written()
         return failed
 
     def _warn(self, key: str, message: str) -> None:

@@ -173,7 +173,8 @@ class Peer:
         """What Syncthing records as ``modifiedBy``."""
         return self.id.split("-")[0]
 
-    def write_config(self, others: Iterable[Peer], rescan_s: int) -> None:
+    def write_config(self, others: Iterable[Peer], rescan_s: int,
+                     watcher_delay_s: int = 1) -> None:
         peers = [self, *others]
         devices = "".join(
             f'<device id="{p.id}" name="{p.name}" compression="metadata" introducer="false">'
@@ -182,8 +183,8 @@ class Peer:
         shared = "".join(f'<device id="{p.id}"></device>' for p in peers)
         config = f"""<configuration version="36">
     <folder id="{FOLDER_ID}" label="{FOLDER_ID}" path="{self.folder}" type="sendreceive"
-            rescanIntervalS="{rescan_s}" fsWatcherEnabled="true" fsWatcherDelayS="1"
-            ignorePerms="false" autoNormalize="true">
+            rescanIntervalS="{rescan_s}" fsWatcherEnabled="true"
+            fsWatcherDelayS="{watcher_delay_s}" ignorePerms="false" autoNormalize="true">
         <filesystemType>basic</filesystemType>
         {shared}
         <minDiskFree unit="%">0</minDiskFree>
@@ -247,13 +248,15 @@ class Peer:
 class Mesh:
     """Several peers, each connected to every other, sharing folder ``spool``."""
 
-    def __init__(self, root: Path, names: Iterable[str], rescan_s: int = 5) -> None:
+    def __init__(self, root: Path, names: Iterable[str], rescan_s: int = 5,
+                 watcher_delays: dict[str, int] | None = None) -> None:
         self.root = root
         self.ns = Namespace()
         self._sockets = Path(tempfile.mkdtemp(prefix="fx-st-"))
         self.peers = {n: Peer(root, n, BASE_PORT + i, self._sockets)
                       for i, n in enumerate(names)}
         self.rescan_s = rescan_s
+        self.watcher_delays = watcher_delays or {}  # per peer; 1 s unless named (10: default)
 
     def folder(self, name: str) -> Path:
         return self.peers[name].folder
@@ -266,7 +269,8 @@ class Mesh:
             for p in self.peers.values():
                 p.generate(self.ns)
             for p in self.peers.values():
-                p.write_config([o for o in self.peers.values() if o is not p], self.rescan_s)
+                p.write_config([o for o in self.peers.values() if o is not p], self.rescan_s,
+                               self.watcher_delays.get(p.name, 1))
             for p in self.peers.values():
                 # One at a time, each listening before the next starts: a peer's first
                 # dial then finds the earlier ones up instead of backing off for ~20 s.

@@ -297,7 +297,8 @@ def test_size_limit() -> None:
 
 
 # Hostile files must fail fast: the contract is "well under 100 ms" for any file of 64 KiB;
-# the bound here is looser so that a busy test machine does not fail it.
+# the bound here is looser. Measured in this process's CPU time, not on the wall: the work a
+# file costs is the point, and a shared machine's other processes must not fail the test.
 HOSTILE = {
     "deep flow nesting": "[" * 60000,
     "deep block nesting": "".join(" " * i + "a:\n" for i in range(200)),
@@ -311,13 +312,12 @@ HOSTILE = {
 
 @pytest.mark.parametrize("source", HOSTILE.values(), ids=HOSTILE.keys())
 def test_hostile_files_fail_fast(source: str) -> None:
-    # The best of three: a busy shared machine can stall any single run.
     timings = []
-    for _ in range(3):
-        start = time.perf_counter()
+    for _ in range(3):  # the best of three: caches, a page fault, the collector
+        start = time.process_time()
         with contextlib.suppress(SpecError):
             parse_job(source, "j")
-        timings.append(time.perf_counter() - start)
+        timings.append(time.process_time() - start)
     assert min(timings) < 0.25
 
 
@@ -416,6 +416,6 @@ def test_generated_job_files(job: dict[str, object], flow: bool | None) -> None:
 
 def test_deadline_of_a_long_valid_file() -> None:
     source = "commands:\n" + "".join(f"  - echo {i}\n" for i in range(4000))
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time, as above
     assert len(parse_job(source, "j").commands) == 4000
-    assert time.perf_counter() - start < 0.25
+    assert time.process_time() - start < 0.25
