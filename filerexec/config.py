@@ -76,6 +76,7 @@ DEFAULTS: dict[str, Any] = {
     "totp_window": 300.0,  # how old a phone's code may be when its job is read
     "storm_starts": 5,  # more daemon starts than this within storm_window → safe mode
     "storm_window": 120.0,
+    "shell": None,  # of jobs that name none; None: /bin/sh (cmd.exe on Windows)
     "syncthing": None,  # ask the local Syncthing to scan status/HOST/ after writes (DESIGN §13)
 }
 _D = DEFAULTS
@@ -103,6 +104,7 @@ class Settings:
     totp_window: float = _D["totp_window"]
     storm_starts: int = _D["storm_starts"]
     storm_window: float = _D["storm_window"]
+    shell: str | None = _D["shell"]
     syncthing: SyncthingConfig | None = _D["syncthing"]
 
     @property
@@ -256,6 +258,8 @@ KEYS: tuple[Key, ...] = (
     Key("storm_starts", _positive_int, "more daemon starts than this within storm_window "
         "mean safe mode (README, What happens when things fail)", "--storm-starts"),
     Key("storm_window", _interval, "see storm_starts", "--storm-window"),
+    Key("shell", _text, "the shell of jobs that name none (default: /bin/sh; cmd.exe on "
+        "Windows); published in host.yaml, so that submit quotes for it"),
     Key("syncthing", parse_syncthing, "ask the local Syncthing to scan status/HOST/ at once "
         "after writing there: true, or api, api_key, home, folder (README, Syncthing)"),
 )

@@ -73,7 +73,8 @@ class Daemon:
         self.admission = Admission(settings, self.key_dir, store=None)
         self.reconciler = Reconciler(settings, self.table.jobs, self.admission)
         self.runner: Runner = runner or LocalRunner(
-            settings.state_dir / "runs", settings.host, self.wake.set, procs, settings.log_cap)
+            settings.state_dir / "runs", settings.host, self.wake.set, procs, settings.log_cap,
+            settings.shell)
         self.publisher = Publisher(settings, writer)
         self.jobs: dict[str, Job] = self.table.jobs  # the same dict, read only here
         self.writer = self.publisher.writer
@@ -298,6 +299,7 @@ class Daemon:
         rec = self.reconciler
         return HostFacts(
             host=self.settings.host, version=__version__, pid=os.getpid(), started=self.started,
+            shell=self.settings.shell or process.default_shell(),
             watcher="polling" if self.settings.poll else self.watcher.kind,
             last_scan=rec.last_scan, spool_problem=rec.spool_problem,
             ledger_problem=self.table.ledger_problem, safe_mode=self.lifecycle.safe_mode,

@@ -54,6 +54,23 @@ def job_docs(spool: Path, hosts: Iterable[str] | None = None,
     return docs
 
 
+def host_shells(spool: Path, hosts: Iterable[str] | None = None) -> dict[str, str]:
+    """The shell each host runs jobs in that name none, as its host.yaml says (``submit``
+    quotes words for it); only ``hosts`` (names, ignoring case) if given."""
+    wanted = {h.casefold() for h in hosts} if hosts else None
+    shells = {}
+    for host_dir in _hosts(spool):
+        if wanted is not None and host_dir.name.casefold() not in wanted:
+            continue
+        try:
+            doc = yaml.safe_load((host_dir / "host.yaml").read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("shell"), str):
+            shells[host_dir.name] = doc["shell"]
+    return shells
+
+
 def table(docs: list[dict[str, Any]]) -> str:
     """A plain-text table of status documents: host, job, state, exit, started, reason."""
     rows = [("HOST", "JOB", "STATE", "EXIT", "STARTED", "REASON")]
