@@ -112,6 +112,13 @@ class Settings:
         return self.spool / "jobs"
 
     @property
+    def job_shell(self) -> str:
+        """The shell of jobs that name none: ``shell``, else the platform's."""
+        from filerexec.process import default_shell  # lazily: TAB completion reads config
+
+        return self.shell or default_shell()
+
+    @property
     def scan_interval(self) -> float:
         return self.poll_interval if self.poll else self.rescan_interval
 

@@ -72,9 +72,9 @@ class Daemon:
         self.key_dir = settings.key_dir or keystore.default_key_dir()
         self.admission = Admission(settings, self.key_dir, store=None)
         self.reconciler = Reconciler(settings, self.table.jobs, self.admission)
-        self.runner: Runner = runner or LocalRunner(
-            settings.state_dir / "runs", settings.host, self.wake.set, procs, settings.log_cap,
-            settings.shell)
+        runs = settings.state_dir / "runs"
+        self.runner: Runner = runner or LocalRunner(runs, settings.host, self.wake.set, procs,
+                                                    settings.log_cap, settings.shell)
         self.publisher = Publisher(settings, writer)
         self.jobs: dict[str, Job] = self.table.jobs  # the same dict, read only here
         self.writer = self.publisher.writer
@@ -299,9 +299,8 @@ class Daemon:
         rec = self.reconciler
         return HostFacts(
             host=self.settings.host, version=__version__, pid=os.getpid(), started=self.started,
-            shell=self.settings.shell or process.default_shell(),
             watcher="polling" if self.settings.poll else self.watcher.kind,
-            last_scan=rec.last_scan, spool_problem=rec.spool_problem,
+            last_scan=rec.last_scan, spool_problem=rec.spool_problem, shell=self.settings.job_shell,
             ledger_problem=self.table.ledger_problem, safe_mode=self.lifecycle.safe_mode,
             stopping=stopping, warnings=tuple(self.warnings), refused=dict(rec.refused),
             syncthing=self.scanner.report())
