@@ -72,9 +72,7 @@ class Daemon:
         self.key_dir = settings.key_dir or keystore.default_key_dir()
         self.admission = Admission(settings, self.key_dir, store=None)
         self.reconciler = Reconciler(settings, self.table.jobs, self.admission)
-        runs = settings.state_dir / "runs"
-        self.runner: Runner = runner or LocalRunner(runs, settings.host, self.wake.set, procs,
-                                                    settings.log_cap, settings.shell)
+        self.runner: Runner = runner or LocalRunner.serving(settings, self.wake.set, procs)
         self.publisher = Publisher(settings, writer)
         self.jobs: dict[str, Job] = self.table.jobs  # the same dict, read only here
         self.writer = self.publisher.writer
@@ -150,8 +148,8 @@ class Daemon:
         """Nothing running, nothing due, nothing waiting to settle or to be confirmed deleted."""
         if self.reconciler.settling or self.runner.busy:
             return False
-        # In safe mode a waiting job waits for a person, not for this daemon.
-        resting = (Phase.IDLE, Phase.WAITING) if self.lifecycle.safe_mode else (Phase.IDLE,)
+        # Held back (safe mode, a drain), a waiting job waits for a person, not for this daemon.
+        resting = (Phase.IDLE, Phase.WAITING) if self.lifecycle.hold else (Phase.IDLE,)
         return all(phase(j) in resting and j.missing_since is None
                    for j in self.table.active_jobs()
                    if not (j.version and j.version.readiness is Readiness.NOT_READY))
@@ -160,17 +158,14 @@ class Daemon:
 
     def step(self, now: float) -> float:
         """Do everything that is due at ``now``; return seconds until the next round."""
-        self._check_safe_mode(now)
+        assert self.ledger is not None
+        self.lifecycle.check(self.ledger, now)  # safe mode, a drain
         self._collect_exits(now)
         self._read_jobs(now)
         self._tick(now)
         self._launch_due(now)
         self._publish(now)
         return self._next_deadline(now) - now
-
-    def _check_safe_mode(self, now: float) -> None:
-        assert self.ledger is not None
-        self.lifecycle.check_safe_mode(self.ledger, now)
 
     def _collect_exits(self, now: float) -> None:
         self._observe(self.runner.poll(self._running(), now))
@@ -205,8 +200,10 @@ class Daemon:
 
     def _launch_due(self, now: float) -> None:
         active = self.table.active_jobs()
+        hold = self.lifecycle.hold
+        self._actions.extend(self.table.hold(hold))
         free = self.settings.max_parallel - sum(1 for j in active if j.running)
-        if free > 0 and self.lifecycle.safe_mode is None:
+        if free > 0 and hold is None:
             due = heapq.nsmallest(free, (j for j in active if j.due), key=lambda j: (
                 j.version.seen if j.version and j.version.seen else 0, j.name))
             for job in due:
@@ -303,6 +300,7 @@ class Daemon:
             last_scan=rec.last_scan, spool_problem=rec.spool_problem, shell=self.settings.job_shell,
             ledger_problem=self.table.ledger_problem, safe_mode=self.lifecycle.safe_mode,
             stopping=stopping, warnings=tuple(self.warnings), refused=dict(rec.refused),
+            labels=self.settings.labels, drain=self.lifecycle.drain_state(bool(self._running())),
             syncthing=self.scanner.report())
 
     def _next_deadline(self, now: float) -> float:

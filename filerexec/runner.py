@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from filerexec import process
-from filerexec.config import DEFAULTS
+from filerexec.config import DEFAULTS, Settings
 from filerexec.machine import (
     Exited,
     Observed,
@@ -95,6 +95,13 @@ class LocalRunner:
         self._children: dict[str, process.Started] = {}  # run id → child we spawned
         self._waiters = _Waiters(self._wait_child)
         self._next_adopted_poll = 0.0
+
+    @classmethod
+    def serving(cls, settings: Settings, wake: Callable[[], None],
+                procs: process.Api = process) -> LocalRunner:
+        """The runner of a daemon with these settings: raw output in STATE/runs/."""
+        return cls(settings.state_dir / "runs", settings.host, wake, procs, settings.log_cap,
+                   settings.shell)
 
     def open(self) -> None:
         self.runs_dir.mkdir(parents=True, exist_ok=True)

@@ -54,11 +54,10 @@ def job_docs(spool: Path, hosts: Iterable[str] | None = None,
     return docs
 
 
-def host_shells(spool: Path, hosts: Iterable[str] | None = None) -> dict[str, str]:
-    """The shell each host runs jobs in that name none, as its host.yaml says (``submit``
-    quotes words for it); only ``hosts`` (names, ignoring case) if given."""
+def host_docs(spool: Path, hosts: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Every host's ``host.yaml`` (its state, labels, heartbeat), optionally only some hosts."""
     wanted = {h.casefold() for h in hosts} if hosts else None
-    shells = {}
+    docs = []
     for host_dir in _hosts(spool):
         if wanted is not None and host_dir.name.casefold() not in wanted:
             continue
@@ -66,9 +65,31 @@ def host_shells(spool: Path, hosts: Iterable[str] | None = None) -> dict[str, st
             doc = yaml.safe_load((host_dir / "host.yaml").read_text())
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
             continue
-        if isinstance(doc, dict) and isinstance(doc.get("shell"), str):
-            shells[host_dir.name] = doc["shell"]
+        if isinstance(doc, dict):
+            docs.append({"host": host_dir.name, **doc})
+    return docs
+
+
+def host_shells(spool: Path, hosts: Iterable[str] | None = None) -> dict[str, str]:
+    """The shell each host runs jobs in that name none, as its host.yaml says (``submit``
+    quotes words for it); only the hosts ``hosts`` names or labels (ignoring case) if given."""
+    wanted = {h.casefold() for h in hosts} if hosts else None
+    shells = {}
+    for doc in host_docs(spool):
+        names = {str(doc["host"]).casefold(), *(str(x).casefold() for x in doc.get("labels") or [])}
+        if isinstance(doc.get("shell"), str) and (wanted is None or names & wanted):
+            shells[str(doc["host"])] = doc["shell"]
     return shells
+
+
+def hosts_table(docs: list[dict[str, Any]]) -> str:
+    """The hosts under ``status/``: name, state (serving, draining, …) and labels."""
+    rows = [("HOST", "STATE", "LABELS")] + [
+        (str(d["host"]), str(d.get("state", "")),
+         ", ".join(str(x) for x in d.get("labels") or [])) for d in docs]
+    width = [max(len(r[i]) for r in rows) for i in range(2)]
+    return "\n".join(f"{r[0].ljust(width[0])}  {r[1].ljust(width[1])}  {r[2]}".rstrip()
+                     for r in rows)
 
 
 def table(docs: list[dict[str, Any]]) -> str:

@@ -28,9 +28,10 @@ logger = logging.getLogger(__name__)
 class StatusDir:
     """The folder ``status/HOST/`` of one host: the only place it writes to."""
 
-    def __init__(self, spool: Path, host: str) -> None:
+    def __init__(self, spool: Path, host: str, labels: tuple[str, ...] = ()) -> None:
         self.root = spool / "status" / host
         self.host = host
+        self.labels = labels
         self.spool = spool  # trusted; everything below it is synced and may hold links
         self._index_rows: dict[str, tuple[Job, float, str]] = {}
         self._tails: dict[str, bytes] = {}  # each log's end as last written (for index.html)
@@ -55,8 +56,8 @@ class StatusDir:
         return True
 
     def write_index(self, jobs: Iterable[Job], now: float) -> None:
-        atomic_write(self.root / "index.md",
-                     render_index(jobs, self.host, now, self._index_rows).encode(), self.spool)
+        text = render_index(jobs, self.host, now, self._index_rows, self.labels)
+        atomic_write(self.root / "index.md", text.encode(), self.spool)
 
     def write_page(self, jobs: Iterable[Job], host_doc: Mapping[str, Any]) -> None:
         """index.html: the heartbeat and the newest jobs with their logs' last lines."""
