@@ -81,6 +81,7 @@ DEFAULTS: dict[str, Any] = {
     "notify_on": ("failed", "killed", "lost", "expired", "rejected"),  # states that notify
     "notify_log_tail": 10,  # log lines an event carries (0: none)
     "notify_retry": 10.0,  # a failing target is tried again after this, doubling
+    "shell": None,  # of jobs that name none; None: /bin/sh (cmd.exe on Windows)
     "labels": (),  # what else this host answers to in a job's `host:` (DESIGN §12)
     "syncthing": None,  # ask the local Syncthing to scan status/HOST/ after writes (DESIGN §13)
 }
@@ -114,6 +115,7 @@ class Settings:
     notify_on: tuple[str, ...] = _D["notify_on"]
     notify_log_tail: int = _D["notify_log_tail"]
     notify_retry: float = _D["notify_retry"]
+    shell: str | None = _D["shell"]
     labels: tuple[str, ...] = _D["labels"]
     syncthing: SyncthingConfig | None = _D["syncthing"]
 
@@ -125,6 +127,13 @@ class Settings:
     @property
     def jobs_dir(self) -> Path:
         return self.spool / "jobs"
+
+    @property
+    def job_shell(self) -> str:
+        """The shell of jobs that name none: ``shell``, else the platform's."""
+        from filerexec.process import default_shell  # lazily: TAB completion reads config
+
+        return self.shell or default_shell()
 
     @property
     def scan_interval(self) -> float:
@@ -327,6 +336,8 @@ KEYS: tuple[Key, ...] = (
     Key("notify_log_tail", _count, "log lines a notification carries (0: none)"),
     Key("notify_retry", _interval, "a failing notification target is tried again after "
         "this long, doubling up to 15 minutes"),
+    Key("shell", _text, "the shell of jobs that name none (default: /bin/sh; cmd.exe on "
+        "Windows); published in host.yaml, so that submit quotes for it"),
     Key("labels", _labels, "labels a job's `host:` may name instead of this host's name "
         "(README, Fleets)", "--label"),
     Key("syncthing", parse_syncthing, "ask the local Syncthing to scan status/HOST/ at once "

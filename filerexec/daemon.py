@@ -68,8 +68,7 @@ class Daemon:
         self.wake = threading.Event()
         self.hints = Hints(self.wake.set)
         self.watcher = Watcher(settings.jobs_dir, self.hints)
-        self.runner: Runner = runner or LocalRunner(
-            settings.state_dir / "runs", settings.host, self.wake.set, procs, settings.log_cap)
+        self.runner: Runner = runner or LocalRunner.serving(settings, self.wake.set, procs)
         self.delivery = Delivery(settings, self.runner.output_path, self.wake.set)
         self.table = JobTable(Timing(settings.delete_grace, settings.kill_grace), self.delivery)
         self.key_dir = settings.key_dir or keystore.default_key_dir()
@@ -297,7 +296,7 @@ class Daemon:
         return HostFacts(
             host=self.settings.host, version=__version__, pid=os.getpid(), started=self.started,
             watcher="polling" if self.settings.poll else self.watcher.kind,
-            last_scan=rec.last_scan, spool_problem=rec.spool_problem,
+            last_scan=rec.last_scan, spool_problem=rec.spool_problem, shell=self.settings.job_shell,
             ledger_problem=self.table.ledger_problem, safe_mode=self.lifecycle.safe_mode,
             stopping=stopping, warnings=tuple(self.warnings), refused=dict(rec.refused),
             labels=self.settings.labels, notify=self.delivery.problems(),
