@@ -52,7 +52,7 @@ class Admission:
         except (sqlite3.Error, OSError) as e:  # replay memory unwritable: decide later
             return Verdict(Readiness.NOT_READY,
                            problem=f"cannot check its signature yet (the ledger: {e})")
-        if not spec.targets(self.settings.host):
+        if not spec.targets(self.settings.host, self.settings.labels):
             return Verdict(Readiness.OTHER_HOST, spec)
         return Verdict(Readiness.VALID, spec)
 
@@ -61,8 +61,8 @@ class Admission:
         if s.require_signature:
             assert self.store is not None, "signed jobs need the ledger's replay memory"
             return signing.admit(data, name, s.host, keystore.load(self.key_dir), self.store,
-                                 now, s.totp_window, s.allow)
+                                 now, s.totp_window, s.allow, s.labels)
         spec = parse_job(data, name)
-        if spec.targets(s.host) and (problem := policy_problem(spec, s.allow)):
+        if spec.targets(s.host, s.labels) and (problem := policy_problem(spec, s.allow)):
             raise Rejected(problem)
         return spec

@@ -97,6 +97,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-v", "--verbose", action="store_true", help="log every decision")
     s.set_defaults(func=cmd_serve)
 
+    for name, what in (("drain", "let running jobs finish and start nothing new"),
+                       ("resume", "end a drain: start jobs again")):
+        s = sub.add_parser(name, help=what, description=f"{what[0].upper()}{what[1:]} on this "
+                           "host (it outlasts restarts; host.yaml shows it).")
+        with_completion(s.add_argument("spool", type=Path, nargs="?",
+                                       help="default: `spool:` in the config file"), "spool")
+        s.add_argument("--state-dir", dest="state_dir", type=Path, default=None,
+                       metavar="DIR", help="the state directory `serve` uses")
+        _config_flag(s)
+        s.set_defaults(func=cmd_drain)
+
     s = sub.add_parser("status", help="show every host's jobs")
     with_completion(s.add_argument("spool", type=Path, nargs="?",
                                    help="default: `spool:` in the config file"), "spool")
@@ -198,12 +209,18 @@ def _setting_flags(p: argparse.ArgumentParser) -> None:
                            help=key.help)
         elif isinstance(key.default, tuple):  # a list: the flag is repeated, one item each
             p.add_argument(key.flag, dest=key.name, action="append", default=None,
+                           type=_typed(_item_of(key.parse)),
                            metavar=key.metavar, help=key.help + " (repeatable)")
         else:
             default = "" if key.default is None else f" (default {key.show(key.default)})"
             p.add_argument(key.flag, dest=key.name, type=_typed(key.parse), default=None,
                            metavar=key.metavar, help=key.help + default)
     _config_flag(p)
+
+
+def _item_of(parse: Callable[[object], Any]) -> Callable[[object], Any]:
+    """One item of a list setting, checked as the setting checks each of its items."""
+    return lambda text: parse([text])[0]
 
 
 def _typed(parse: Callable[[object], Any]) -> Callable[[str], Any]:
@@ -275,6 +292,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_drain(args: argparse.Namespace) -> int:
+    from filerexec import lifecycle  # not at the top: see cmd_serve
+
+    settings = _effective(args).settings()
+    if args.command == "drain":
+        new = lifecycle.drain(settings.state_dir, time.time())
+        print(f"{'draining' if new else 'already draining'} {settings.spool} on this host: "
+              f"running jobs finish, nothing new starts (`filerexec resume` ends it)")
+    else:
+        new = lifecycle.resume(settings.state_dir)
+        print(f"resumed {settings.spool}: jobs start again" if new
+              else f"{settings.spool} was not draining on this host")
+    return OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     docs = view.job_docs(_spool(args), hosts=args.host, states=args.state)
     if args.job:
@@ -284,6 +316,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return OK
     print(view.table(docs) if docs else "no jobs yet" if not (args.host or args.state or args.job)
           else "no jobs match")
+    if not (args.state or args.job) and (hosts := view.host_docs(_spool(args), args.host)):
+        print("\n" + view.hosts_table(hosts))  # each host's state and labels
     return OK
 
 

@@ -76,6 +76,7 @@ DEFAULTS: dict[str, Any] = {
     "totp_window": 300.0,  # how old a phone's code may be when its job is read
     "storm_starts": 5,  # more daemon starts than this within storm_window → safe mode
     "storm_window": 120.0,
+    "labels": (),  # what else this host answers to in a job's `host:` (DESIGN §12)
     "syncthing": None,  # ask the local Syncthing to scan status/HOST/ after writes (DESIGN §13)
 }
 _D = DEFAULTS
@@ -103,6 +104,7 @@ class Settings:
     totp_window: float = _D["totp_window"]
     storm_starts: int = _D["storm_starts"]
     storm_window: float = _D["storm_window"]
+    labels: tuple[str, ...] = _D["labels"]
     syncthing: SyncthingConfig | None = _D["syncthing"]
 
     @property
@@ -189,9 +191,19 @@ def _path(value: object) -> Path:
 
 def _texts(value: object) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list):
+    if not isinstance(items, list | tuple):
         raise ValueError(f"must be a list of texts, not {value!r}")
     return tuple(_text(item) for item in items)
+
+
+def _labels(value: object) -> tuple[str, ...]:
+    """Host labels: names a job's `host:` may use; each one word, duplicates dropped."""
+    labels: dict[str, str] = {}
+    for label in _texts(value):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", label):
+            raise ValueError(f"{label!r} is not a label: letters, digits, '.', '_', '-'")
+        labels.setdefault(label.casefold(), label)
+    return tuple(labels.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +225,7 @@ class Key:
         """How the flag's value is named in ``--help``."""
         kinds: dict[Callable[[object], Any], str] = {
             _duration: "DURATION", _interval: "DURATION", parse_size: "SIZE", _positive_int: "N",
-            _path: "DIR", _texts: "PATTERN"}
+            _path: "DIR", _texts: "PATTERN", _labels: "LABEL"}
         return kinds.get(self.parse, "NAME")
 
     def show(self, value: Any) -> Any:
@@ -256,6 +268,8 @@ KEYS: tuple[Key, ...] = (
     Key("storm_starts", _positive_int, "more daemon starts than this within storm_window "
         "mean safe mode (README, What happens when things fail)", "--storm-starts"),
     Key("storm_window", _interval, "see storm_starts", "--storm-window"),
+    Key("labels", _labels, "labels a job's `host:` may name instead of this host's name "
+        "(README, Fleets)", "--label"),
     Key("syncthing", parse_syncthing, "ask the local Syncthing to scan status/HOST/ at once "
         "after writing there: true, or api, api_key, home, folder (README, Syncthing)"),
 )

@@ -149,8 +149,8 @@ class Daemon:
         """Nothing running, nothing due, nothing waiting to settle or to be confirmed deleted."""
         if self.reconciler.settling or self.runner.busy:
             return False
-        # In safe mode a waiting job waits for a person, not for this daemon.
-        resting = (Phase.IDLE, Phase.WAITING) if self.lifecycle.safe_mode else (Phase.IDLE,)
+        # Held back (safe mode, a drain), a waiting job waits for a person, not for this daemon.
+        resting = (Phase.IDLE, Phase.WAITING) if self.lifecycle.hold else (Phase.IDLE,)
         return all(phase(j) in resting and j.missing_since is None
                    for j in self.table.active_jobs()
                    if not (j.version and j.version.readiness is Readiness.NOT_READY))
@@ -159,17 +159,14 @@ class Daemon:
 
     def step(self, now: float) -> float:
         """Do everything that is due at ``now``; return seconds until the next round."""
-        self._check_safe_mode(now)
+        assert self.ledger is not None
+        self.lifecycle.check(self.ledger, now)  # safe mode, a drain
         self._collect_exits(now)
         self._read_jobs(now)
         self._tick(now)
         self._launch_due(now)
         self._publish(now)
         return self._next_deadline(now) - now
-
-    def _check_safe_mode(self, now: float) -> None:
-        assert self.ledger is not None
-        self.lifecycle.check_safe_mode(self.ledger, now)
 
     def _collect_exits(self, now: float) -> None:
         self._observe(self.runner.poll(self._running(), now))
@@ -204,8 +201,10 @@ class Daemon:
 
     def _launch_due(self, now: float) -> None:
         active = self.table.active_jobs()
+        hold = self.lifecycle.hold
+        self._actions.extend(self.table.hold(hold))
         free = self.settings.max_parallel - sum(1 for j in active if j.running)
-        if free > 0 and self.lifecycle.safe_mode is None:
+        if free > 0 and hold is None:
             due = heapq.nsmallest(free, (j for j in active if j.due), key=lambda j: (
                 j.version.seen if j.version and j.version.seen else 0, j.name))
             for job in due:
@@ -302,6 +301,7 @@ class Daemon:
             last_scan=rec.last_scan, spool_problem=rec.spool_problem,
             ledger_problem=self.table.ledger_problem, safe_mode=self.lifecycle.safe_mode,
             stopping=stopping, warnings=tuple(self.warnings), refused=dict(rec.refused),
+            labels=self.settings.labels, drain=self.lifecycle.drain_state(bool(self._running())),
             syncthing=self.scanner.report())
 
     def _next_deadline(self, now: float) -> float:

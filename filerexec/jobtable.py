@@ -19,7 +19,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
 from filerexec.ledger import FileKey, Ledger
-from filerexec.machine import Action, Event, Job, Launch, Phase, Timing, phase, transition
+from filerexec.machine import (
+    Action,
+    Event,
+    Held,
+    Job,
+    Launch,
+    Phase,
+    Timing,
+    phase,
+    transition,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +51,7 @@ class JobTable:
         self._removed: set[str] = set()  # forgotten jobs whose records are still to delete
         self._before_launch: dict[str, Job] = {}  # undone if "starting" cannot be committed
         self._ledger: Ledger | None = None
+        self._held = True  # a reason of the last hold may be left in waiting jobs: clear it
 
     def load(self, ledger: Ledger) -> None:
         """Every job as the ledger last committed it; later commits go there."""
@@ -68,6 +79,16 @@ class JobTable:
         """Grant a due job a slot; undone by ``undo_launch`` if it cannot be committed."""
         self._before_launch[name] = self.jobs[name]
         return self.apply(name, Launch(run_id, now))
+
+    def hold(self, reason: str | None) -> list[Action]:
+        """The host starts nothing new (``reason``), or starts again (None): due jobs say so."""
+        actions = []
+        if reason is not None or self._held:
+            for job in self.active_jobs():
+                if job.due:
+                    actions.extend(self.apply(job.name, Held(reason)))
+            self._held = reason is not None
+        return actions
 
     def undo_launch(self, name: str) -> None:
         """"Starting" could not be committed: the job waits, as it did, and says why."""

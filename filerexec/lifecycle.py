@@ -10,6 +10,9 @@
   mode*: it adopts, finishes and kills as usual but starts nothing new, until a person
   deletes the ``safe-mode`` file in the state folder (its text says why and how).
   Starts are remembered in the ledger's meta table.
+- **Draining** (`filerexec drain`): running jobs finish, nothing new starts, until
+  `filerexec resume`. The ``drain`` file in the state folder is the switch, so a
+  drain outlasts restarts and needs no running daemon to be set.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from filerexec.ledger import FileKey, Ledger
 logger = logging.getLogger(__name__)
 
 SAFE_MODE_FILE = "safe-mode"
+DRAIN_FILE = "drain"
+DRAINING = "this host is draining: it starts nothing new until `filerexec resume`"
 STARTS_KEY = "starts"
 CLEAN_STOP, READER = "clean_stop", "reader"  # ledger meta keys (see Lifecycle.restorable)
 
@@ -96,6 +101,32 @@ def current_safe_mode(state_dir: Path) -> str | None:
         return f"safe mode (its file cannot be read: {e.strerror})"
 
 
+# --- the drain file -----------------------------------------------------------------
+
+
+def drain(state_dir: Path, now: float) -> bool:
+    """Start draining (False if it already was); the daemon sees it at its next step."""
+    path = state_dir / DRAIN_FILE
+    if path.exists():
+        return False
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"draining since {now:.0f} (filerexec drain); filerexec resume ends it\n")
+    return True
+
+
+def resume(state_dir: Path) -> bool:
+    """Stop draining (False if it was not)."""
+    try:
+        (state_dir / DRAIN_FILE).unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def is_draining(state_dir: Path) -> bool:
+    return (state_dir / DRAIN_FILE).exists()
+
+
 class Lifecycle:
     """The lock, pid file, start records and safe mode of one daemon on one spool."""
 
@@ -103,6 +134,7 @@ class Lifecycle:
         self.settings = settings
         self.state_dir = settings.state_dir
         self.safe_mode: str | None = None  # why no new job is started, if so
+        self.draining = False  # a person asked for no new job (filerexec drain)
         self.clean_start = False  # the previous daemon stopped cleanly (see restorable)
         self._lock: FileLock | None = None
 
@@ -146,7 +178,8 @@ class Lifecycle:
         reader (version, host name, size limit); otherwise every file is read again.
         """
         st = self.settings  # anything that changes what a file reads as
-        reader = repr((__version__, st.host, st.max_job_bytes, st.require_signature, st.allow))
+        reader = repr((__version__, st.host, st.labels, st.max_job_bytes, st.require_signature,
+                       st.allow))
         self.clean_start = ledger.get_meta(CLEAN_STOP) == "1"
         ok = self.clean_start and ledger.get_meta(READER) == reader
         ledger.set_meta(CLEAN_STOP, "0")
@@ -172,6 +205,27 @@ class Lifecycle:
                 enter_safe_mode(self.state_dir, why)
             except OSError as e:
                 logger.error("%s, but safe mode cannot be entered: %s", why, e)
+
+    @property
+    def hold(self) -> str | None:
+        """Why no new job starts now (safe mode, a drain), or None: jobs start."""
+        if self.safe_mode is not None:
+            return f"safe mode: {self.safe_mode}"
+        return DRAINING if self.draining else None
+
+    def drain_state(self, running: bool) -> str | None:
+        """What host.yaml says of a drain: ``draining`` while jobs run, then ``drained``."""
+        if not self.draining:
+            return None
+        return "draining" if running else "drained"
+
+    def check(self, ledger: Ledger, now: float) -> None:
+        """Once a step: has safe mode or a drain begun or ended?"""
+        self.check_safe_mode(ledger, now)
+        draining = is_draining(self.state_dir)
+        if draining != self.draining:
+            logger.warning("%s", DRAINING if draining else "drain ended: starting jobs again")
+        self.draining = draining
 
     def check_safe_mode(self, ledger: Ledger, now: float) -> bool:
         """Safe mode lasts while its file exists (a person ends it by deleting the file).

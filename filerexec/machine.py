@@ -20,6 +20,9 @@ from typing import TypeAlias
 from filerexec.config import DEFAULTS
 from filerexec.spec import JobSpec
 
+FREE_SLOT = "waiting for a free slot"  # a due job's reason
+HELD = "waiting: "  # heads the reason of a due job the host holds back (a drain, safe mode)
+
 
 class State(StrEnum):
     PENDING = "pending"
@@ -180,8 +183,15 @@ class Vanished:
     reason: str = "its process vanished while no daemon was watching; it is not run again"
 
 
+@dataclass(frozen=True, slots=True)
+class Held:
+    """The host starts nothing new for now (``reason``: a drain, safe mode), or again (None)."""
+
+    reason: str | None
+
+
 Event: TypeAlias = (
-    FileRead | FileMissing | Tick | Launch | Spawned | SpawnFailed | Exited | Vanished
+    FileRead | FileMissing | Tick | Launch | Spawned | SpawnFailed | Exited | Vanished | Held
 )
 
 
@@ -298,7 +308,7 @@ def _read_idle(job: Job, event: Event, timing: Timing) -> Result:
         # must survive an invalid edit or a restart before it runs.
         if _expired(v, now):
             return _expire(job, v), []
-        return replace(job, state=State.PENDING, reason="waiting for a free slot"), []
+        return replace(job, state=State.PENDING, reason=FREE_SLOT), []
     state, reason = _resting_state(job)
     return replace(job, state=state, reason=reason, last_operation="start"), []
 
@@ -462,6 +472,16 @@ def _begin_kill(job: Job, now: float, reason: str) -> Result:
     return job, [Signal(job.name, run, force=False)]
 
 
+def _held(job: Job, event: Event, timing: Timing) -> Result:
+    """A due job says why it waits: the host holds it back, or only a slot is missing."""
+    assert isinstance(event, Held)
+    if not job.due:
+        return job, []
+    if event.reason is not None:
+        return replace(job, reason=HELD + event.reason), []
+    return (replace(job, reason=FREE_SLOT) if job.reason.startswith(HELD) else job), []
+
+
 def _launch(job: Job, event: Event, timing: Timing) -> Result:
     assert isinstance(event, Launch)
     if not job.due or job.version is None or job.version.spec is None:
@@ -521,7 +541,7 @@ def _finish(job: Job, now: float, code: int | None, outcome: State, reason: str)
         job = replace(job, version=queued, queued=None)
         if _expired(queued, now):
             return _expire(job, queued), []
-        return replace(job, state=State.PENDING, reason="waiting for a free slot"), []
+        return replace(job, state=State.PENDING, reason=FREE_SLOT), []
     return job, []
 
 
@@ -548,6 +568,7 @@ TABLE: dict[tuple[Phase, type], Handler] = {
     (_P.RUNNING, Tick): _tick_running,
     (_P.STOPPING, Tick): _tick_stopping,
     (_P.WAITING, Launch): _launch,
+    (_P.WAITING, Held): _held,
     (_P.RUNNING, Spawned): _spawned,
     (_P.STOPPING, Spawned): _spawned,
     (_P.RUNNING, SpawnFailed): _spawn_failed,

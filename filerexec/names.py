@@ -11,11 +11,14 @@ All functions are pure: they look at the name only, never at the filesystem.
 
 from __future__ import annotations
 
+import functools
 import re
+import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["Classified", "Kind", "classify", "is_skipped_dir", "job_name", "refusal"]
+__all__ = ["Classified", "Kind", "Spellings", "classify", "is_skipped_dir", "job_name",
+           "refusal"]
 
 
 class Kind(StrEnum):
@@ -116,6 +119,8 @@ _MAX_MARKERS = 4  # a copy of a copy carries two; the cap keeps hostile names ch
 _JOB_FILE = re.compile(r"(?P<stem>.+)\.ya?ml(?:\.txt)?", _I)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+NAME_MAX = 255  # bytes in one file name: Linux, macOS and Windows (in UTF-16 units) alike
+_LONGEST_SUFFIX = ".yaml"  # of the files the host writes per job: NAME.yaml, NAME.log
 
 
 def is_skipped_dir(dirname: str) -> bool:
@@ -159,6 +164,10 @@ def _name_problem(job: str) -> str | None:
         return "its name contains a control character"
     if "\\" in job:
         return "its name contains a backslash, which Windows reads as a folder separator"
+    size = len((job.rsplit("/", 1)[-1] + _LONGEST_SUFFIX).encode("utf-8", "surrogateescape"))
+    if size > NAME_MAX:
+        return (f"its status file would be named with {size} bytes, more than the "
+                f"{NAME_MAX} a file name may have; shorten the name")
     *folders, last = job.split("/")
     if not folders and last.casefold() in _RESERVED_JOBS:
         return f"the job name {last!r} is reserved: status/HOST/{last}.yaml is the heartbeat"
@@ -225,3 +234,48 @@ def _strip_conflict_markers(base: str) -> str | None:
         else:
             break
     return name if found else None
+
+
+# --- names a case-insensitive, normalising filesystem would make one -------------------
+
+
+@functools.lru_cache(maxsize=65536)
+def folded(name: str) -> str:
+    """``name`` as macOS and Windows compare names: NFC-normalised, case-folded."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+class Spellings:
+    """Job names, and the folders in them, as a phone's or laptop's filesystem sees them.
+
+    Two jobs whose names differ only by case or Unicode normalisation (``Backup`` and
+    ``backup``, NFC and NFD ``café``) have status files that are one file on macOS and
+    Windows: the sync service would make a conflicted copy of the host's own files. The
+    first name added keeps its spelling; a later one that would collide is told with which.
+    """
+
+    def __init__(self) -> None:
+        self._files: dict[str, str] = {}  # folded job name → the job name
+        self._folders: dict[str, tuple[str, str]] = {}  # folded folder → (folder, its job)
+
+    def clash(self, name: str) -> str | None:
+        """The name already added that ``name`` would collide with; None if none."""
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            folder = "/".join(parts[:i])
+            spelt = self._folders.get(folded(folder))
+            if spelt is not None and spelt[0] != folder:
+                return spelt[1]
+        other = self._files.get(folded(name))
+        return other if other is not None and other != name else None
+
+    def add(self, name: str) -> str | None:
+        """Add ``name`` unless it collides; the name it collides with, if it does."""
+        other = self.clash(name)
+        if other is None:
+            parts = name.split("/")
+            for i in range(1, len(parts)):
+                folder = "/".join(parts[:i])
+                self._folders.setdefault(folded(folder), (folder, name))
+            self._files.setdefault(folded(name), name)
+        return other

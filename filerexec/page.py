@@ -81,8 +81,10 @@ def _heartbeat(doc: Mapping[str, Any], jobs: list[Job]) -> str:
     tally = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no jobs"
     state = escape(str(doc.get("state", "")))
     reason = f" ({escape(str(doc['reason']))})" if doc.get("reason") else ""
+    labels = doc.get("labels")
+    labelled = f" · labels: {escape(', '.join(map(str, labels)))}" if labels else ""
     return (f'<p class="beat"><b>{state}</b>{reason} · heartbeat {_when(doc.get("updated"))}'
-            f" · up since {_when(doc.get('started'))}<br>{escape(tally)}</p>")
+            f" · up since {_when(doc.get('started'))}{labelled}<br>{escape(tally)}</p>")
 
 
 def _job(job: Job, log: bytes) -> str:

@@ -35,7 +35,7 @@ class Publisher:
     def __init__(self, settings: Settings, writer: StatusWriter | None = None) -> None:
         self.settings = settings
         self.status = writer.status if writer is not None else StatusDir(
-            settings.spool, settings.host)
+            settings.spool, settings.host, settings.labels)
         self.writer = writer or StatusWriter(self.status, settings.log_cap)  # fsyncs off the loop
         self._finished: dict[str, list[Path]] = {}  # raw files of ended runs, to delete
         self._log_refreshed: dict[str, float] = {}

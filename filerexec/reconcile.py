@@ -12,6 +12,7 @@ events. This module owns what was seen of the folder.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -28,6 +29,7 @@ from filerexec.machine import (
     Version,
     phase,
 )
+from filerexec.names import Spellings
 from filerexec.spec import JobSpec
 from filerexec.spool import (
     FileStat,
@@ -76,6 +78,7 @@ class Reconciler:
         self.known: dict[str, FileKey] = {}  # stat key of each file read
         self._unsettled: dict[str, _Unsettled] = {}
         self._listing: Listing | None = None  # the last full listing
+        self._spellings = Spellings()  # the job names the last listing accepted
         self._seen: dict[str, tuple[str, float]] = {}  # job → (digest, first seen), ledger
         self._restored: dict[str, FileKey] = {}  # files whose verdict the ledger holds
 
@@ -114,6 +117,7 @@ class Reconciler:
         if listing is None:
             self._listing = None  # nor may a hint be read before jobs/ is listed again
             return seen
+        self._spellings = self._refuse_clashes(listing)
         self._listing = listing
         seen.restatus = self._update_conflicts(listing)
         if listing.refused != self.refused:
@@ -148,12 +152,35 @@ class Reconciler:
             if found is None:
                 continue
             name, info = found
+            if self._spellings.clash(name) is not None:
+                continue  # the listing refuses it, saying with which job it collides
             known = listing.jobs.get(name)
             if (known is not None and known.where != info.where) or name in listing.conflicts:
                 continue
             listing.jobs[name] = info
             self._consider(name, info, now, hint, events)
         return events
+
+    def _refuse_clashes(self, listing: Listing) -> Spellings:
+        """Refuse each listed job whose host files would collide with another job's on a
+        case-insensitive, normalising filesystem (a phone's, a laptop's). Jobs the host
+        already knows keep their names; of new ones the first in code-point order does,
+        so the choice is the same after a restart. A refused job is neither run nor killed.
+        """
+        spellings = Spellings()
+        for name in sorted(self.jobs):
+            spellings.add(name)
+        for name in sorted(listing.jobs):
+            other = spellings.add(name) if name not in self.jobs else spellings.clash(name)
+            if other is not None:
+                info = listing.jobs.pop(name)
+                rel = os.path.relpath(info.where, self.settings.jobs_dir).replace(os.sep, "/")
+                gone = "" if other in listing.jobs else " (deleted: its status stays until " \
+                    "its retention ends)"
+                listing.refuse(rel, f"not a job: its status file would be the same file as "
+                               f"job {other!r}'s{gone} on a case-insensitive filesystem "
+                               "(macOS, Windows); rename it")
+        return spellings
 
     def _consider(self, name: str, info: FileStat, now: float, hint: Hint | None,
                   events: list[Observed]) -> None:

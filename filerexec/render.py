@@ -73,7 +73,8 @@ def since(job: Job) -> float:
 
 
 def render_index(jobs: Iterable[Job], host: str, now: float,
-                 rows: dict[str, tuple[Job, float, str]] | None = None) -> str:
+                 rows: dict[str, tuple[Job, float, str]] | None = None,
+                 labels: Iterable[str] = ()) -> str:
     """A Markdown table of every job, newest first, that phones render.
 
     ``rows`` caches each job's row between calls (reused while the job is unchanged):
@@ -89,6 +90,7 @@ def render_index(jobs: Iterable[Job], host: str, now: float,
     lines = [
         f"# filerexec on {host}",
         "",
+        *([f"Labels: {', '.join(labels)}.", ""] if labels else []),
         f"Updated {timestamp(now)}.",
         "",
         "| job | state | since | exit | sync → start |",
@@ -186,6 +188,8 @@ class HostFacts:
     stopping: bool = False
     warnings: tuple[str, ...] = ()
     refused: Mapping[str, str] = field(default_factory=dict)
+    labels: tuple[str, ...] = ()
+    drain: str | None = None  # "draining" while runs finish, then "drained"
     syncthing: Mapping[str, str] | None = None  # the scan requests' state (syncthing.py)
 
 
@@ -201,7 +205,9 @@ def host_state(facts: HostFacts) -> tuple[str, list[str]]:
         return "spool unavailable", problems
     if facts.ledger_problem is not None:
         return "ledger unwritable", problems
-    return ("safe mode" if facts.safe_mode is not None else "serving"), problems
+    if facts.safe_mode is not None:
+        return "safe mode", problems
+    return facts.drain or "serving", problems
 
 
 def host_document(facts: HostFacts, now: float) -> dict[str, Any]:
@@ -217,8 +223,14 @@ def host_document(facts: HostFacts, now: float) -> dict[str, Any]:
         "last_scan": timestamp(facts.last_scan),
         "watcher": facts.watcher,
     }
+    if facts.labels:
+        doc["labels"] = list(facts.labels)
     if problems:
         doc["reason"] = "; ".join(problems)
+    elif facts.drain is not None and not facts.stopping:
+        doc["reason"] = ("running jobs finish, nothing new starts" if facts.drain == "draining"
+                         else "nothing runs and nothing new starts") + (
+                             "; `filerexec resume` ends it")
     if facts.warnings:
         doc["warnings"] = list(facts.warnings)
     if facts.syncthing is not None:

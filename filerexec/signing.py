@@ -192,7 +192,7 @@ def bind(spec: JobSpec, token: str) -> JobSpec:
 
 
 def admit(data: bytes, name: str, host: str, keys: Keyring, store: TokenStore, now: float,
-          window: float, allow: Sequence[str] = ()) -> JobSpec:
+          window: float, allow: Sequence[str] = (), labels: Sequence[str] = ()) -> JobSpec:
     """Authenticate, parse and check a job file for ``host``; record its token.
 
     Raises Rejected or SpecError. A job addressed to other hosts is returned as
@@ -205,11 +205,11 @@ def admit(data: bytes, name: str, host: str, keys: Keyring, store: TokenStore, n
             body, token = verify_signature(data, name, keys.hmac)  # before any parsing
         except Rejected:
             # Parsed only to stay quiet about other hosts' jobs (signed with their keys).
-            if (elsewhere := _elsewhere(body, name, host)) is not None:
+            if (elsewhere := _elsewhere(body, name, host, labels)) is not None:
                 return elsewhere
             raise
     spec = parse_job(body, name)
-    if not spec.targets(host):
+    if not spec.targets(host, labels):
         return spec
     if line is None:
         if spec.otp is None:
@@ -228,12 +228,12 @@ def admit(data: bytes, name: str, host: str, keys: Keyring, store: TokenStore, n
     return bind(spec, token)
 
 
-def _elsewhere(body: bytes, name: str, host: str) -> JobSpec | None:
+def _elsewhere(body: bytes, name: str, host: str, labels: Sequence[str]) -> JobSpec | None:
     try:
         spec = parse_job(body, name)
     except SpecError:
         return None
-    return None if spec.targets(host) else spec
+    return None if spec.targets(host, labels) else spec
 
 
 def _reread_token(code: str | None, name: str, fingerprint: str, keys: Mapping[str, bytes],

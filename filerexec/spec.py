@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from typing import Any
@@ -83,9 +83,13 @@ class JobSpec:
         if not self.digest:
             object.__setattr__(self, "digest", _digest(self))
 
-    def targets(self, host: str) -> bool:
-        """True if this job is meant for ``host``: no ``host:`` means every host."""
-        return not self.hosts or host.casefold() in {h.casefold() for h in self.hosts}
+    def targets(self, host: str, labels: Iterable[str] = ()) -> bool:
+        """True if this job is meant for ``host`` (or a host carrying one of ``labels``):
+        ``host:`` matches names and labels alike, ignoring case; none means every host."""
+        if not self.hosts:
+            return True
+        wanted = {h.casefold() for h in self.hosts}
+        return any(n.casefold() in wanted for n in (host, *labels))
 
     @property
     def short_digest(self) -> str:

@@ -165,7 +165,7 @@ def _words(e: OSError) -> str:
 def _walk(folder: Folder, entries: Iterator[os.DirEntry[str]], where: str, prefix: str,
           listing: Listing, chosen: dict[str, str]) -> None:
     for entry in entries:
-        rel, path = prefix + entry.name, os.path.join(where, entry.name)
+        rel, path = prefix + entry.name, where + os.sep + entry.name
         try:
             st = entry.stat(follow_symlinks=False)
         except FileNotFoundError:
@@ -173,7 +173,7 @@ def _walk(folder: Folder, entries: Iterator[os.DirEntry[str]], where: str, prefi
         except OSError as e:
             listing.refuse(rel, f"it cannot be examined: {_words(e)}")
             continue
-        if len(os.fsencode(path)) > MAX_PATH:
+        if len(path) * 4 > MAX_PATH and len(os.fsencode(path)) > MAX_PATH:  # 4: UTF-8's most
             listing.refuse(rel, f"its path is longer than {MAX_PATH} bytes; move it up")
         elif stat.S_ISDIR(st.st_mode):
             if not is_skipped_dir(entry.name):

@@ -54,6 +54,32 @@ def job_docs(spool: Path, hosts: Iterable[str] | None = None,
     return docs
 
 
+def host_docs(spool: Path, hosts: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Every host's ``host.yaml`` (its state, labels, heartbeat), optionally only some hosts."""
+    wanted = {h.casefold() for h in hosts} if hosts else None
+    docs = []
+    for host_dir in _hosts(spool):
+        if wanted is not None and host_dir.name.casefold() not in wanted:
+            continue
+        try:
+            doc = yaml.safe_load((host_dir / "host.yaml").read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if isinstance(doc, dict):
+            docs.append({"host": host_dir.name, **doc})
+    return docs
+
+
+def hosts_table(docs: list[dict[str, Any]]) -> str:
+    """The hosts under ``status/``: name, state (serving, draining, …) and labels."""
+    rows = [("HOST", "STATE", "LABELS")] + [
+        (str(d["host"]), str(d.get("state", "")),
+         ", ".join(str(x) for x in d.get("labels") or [])) for d in docs]
+    width = [max(len(r[i]) for r in rows) for i in range(2)]
+    return "\n".join(f"{r[0].ljust(width[0])}  {r[1].ljust(width[1])}  {r[2]}".rstrip()
+                     for r in rows)
+
+
 def table(docs: list[dict[str, Any]]) -> str:
     """A plain-text table of status documents: host, job, state, exit, started, reason."""
     rows = [("HOST", "JOB", "STATE", "EXIT", "STARTED", "REASON")]

@@ -28,9 +28,10 @@ logger = logging.getLogger(__name__)
 class StatusDir:
     """The folder ``status/HOST/`` of one host: the only place it writes to."""
 
-    def __init__(self, spool: Path, host: str) -> None:
+    def __init__(self, spool: Path, host: str, labels: tuple[str, ...] = ()) -> None:
         self.root = spool / "status" / host
         self.host = host
+        self.labels = labels
         self.spool = spool  # trusted; everything below it is synced and may hold links
         self._index_rows: dict[str, tuple[Job, float, str]] = {}
         self._tails: dict[str, bytes] = {}  # each log's end as last written (for index.html)
@@ -55,8 +56,8 @@ class StatusDir:
         return True
 
     def write_index(self, jobs: Iterable[Job], now: float) -> None:
-        atomic_write(self.root / "index.md",
-                     render_index(jobs, self.host, now, self._index_rows).encode(), self.spool)
+        text = render_index(jobs, self.host, now, self._index_rows, self.labels)
+        atomic_write(self.root / "index.md", text.encode(), self.spool)
 
     def write_page(self, jobs: Iterable[Job], host_doc: Mapping[str, Any]) -> None:
         """index.html: the heartbeat and the newest jobs with their logs' last lines."""
@@ -115,6 +116,14 @@ class _JobWrite:
 
 
 MAX_RETRY = 30.0  # seconds between attempts to write into a folder that stays broken
+MAX_FAILING = 20  # failing writes listed in host.yaml
+_JOB = "job "  # _failing's keys: "job NAME", or "index", "page", "host" (a job may be "index")
+
+
+def _why(e: OSError) -> str:
+    """An error without its file name: a temp file's name is new at every try, and a log
+    line that changes at every retry would be logged at every retry."""
+    return e.strerror or str(e)
 
 
 class StatusWriter:
@@ -140,7 +149,7 @@ class StatusWriter:
         self._closed = False
         self._clean = True  # the last pass wrote everything it had
         self._delay = retry
-        self._failing: dict[str, str] = {}  # what failed, and how, as last logged
+        self._failing: dict[str, str] = {}  # what failed (see _JOB), and how, as last logged
         self._thread: threading.Thread | None = None
         self.written: Callable[[], None] = lambda: None  # after a pass (syncthing.Scanner)
 
@@ -161,7 +170,7 @@ class StatusWriter:
 
     def host(self, doc: Callable[[], Mapping[str, Any]]) -> None:
         """Queue host.yaml; ``doc`` is built on the writer thread (counts are O(jobs))."""
-        self._queue_other("host", lambda: self.status.write_host(doc()))
+        self._queue_other("host", lambda: self.status.write_host({**doc(), **self._failures()}))
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until everything queued is written; False on timeout."""
@@ -239,9 +248,9 @@ class StatusWriter:
         for key, write in other.items():
             try:
                 write()
-                self._failing.pop(key, None)
+                self._cleared(key)
             except OSError as e:
-                self._warn(key, f"cannot write {key}: {e}")
+                self._warn(key, f"cannot write {key}: {_why(e)}")
                 failed = True
                 with self._cond:
                     self._other.setdefault(key, write)
@@ -252,10 +261,20 @@ class StatusWriter:
         return failed
 
     def _warn(self, key: str, message: str) -> None:
-        """Log a failure once, not at every retry (a broken folder would flood the log)."""
+        """Log a failure once, not at every retry (a broken folder would flood the log);
+        again when it changes."""
         if self._failing.get(key) != message:
             self._failing[key] = message
-            logger.warning("%s", message)
+            logger.warning("%s (retrying; logged again only if this changes)", message)
+
+    def _cleared(self, key: str) -> None:
+        if self._failing.pop(key, None) is not None:
+            what = f"the status of {key[len(_JOB):]}" if key.startswith(_JOB) else key
+            logger.info("writing %s works again", what)
+
+    def _failures(self) -> dict[str, list[str]]:
+        """What keeps failing, for host.yaml (read on the writer thread, which keeps it)."""
+        return {"failing": sorted(self._failing.values())[:MAX_FAILING]} if self._failing else {}
 
     def _write_jobs(self, jobs: dict[str, _JobWrite]) -> bool:
         failed = False
@@ -269,7 +288,7 @@ class StatusWriter:
                 logger.warning("no status file for %r: %s", name, e)
                 continue
             except OSError as e:  # full or read-only: keep it, retry later
-                self._warn(name, f"cannot write the status of {name}: {e}")
+                self._warn(_JOB + name, f"cannot write the status of {name}: {_why(e)}")
                 failed = True
                 with self._cond:
                     newer = self._jobs.pop(name, None)
@@ -277,7 +296,7 @@ class StatusWriter:
                     if newer is not None:  # a newer request came in: merge it over this one
                         self._queue_job(name, newer)  # (the condition's lock is reentrant)
                 continue
-            self._failing.pop(name, None)
+            self._cleared(_JOB + name)
             for path in item.forget:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()

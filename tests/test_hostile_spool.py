@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import threading
@@ -16,14 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from filerexec import process
 from filerexec.config import Settings
 from filerexec.daemon import Daemon
-from filerexec.machine import State
+from filerexec.machine import Job, State
+from filerexec.safefile import TEMP_PREFIX
 from filerexec.spool import MAX_PATH, Unavailable, list_jobs
+from filerexec.writer import StatusDir, StatusWriter
 from tests.conftest import Host, pid_alive
 from tests.dying_daemon import DieBeforeSpawn
 from tests.util import wait_for
@@ -300,3 +304,55 @@ def test_listing_errors_anywhere_refuse_that_entry_and_never_raise(
             assert os.strerror(code) in listing.refused[shown], (faulted, listing.refused)
             job = rel.removesuffix(".yaml") if rel in files else rel + "/x"
             assert listing.holds(job)  # neither run nor counted as deleted
+
+
+# --- a failure that repeats is logged once, and shown in host.yaml -----------------------
+
+
+def test_a_status_write_that_keeps_failing_is_logged_once_and_shown_in_host_yaml(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    status = StatusDir(tmp_path / "spool", "h")
+    writer = StatusWriter(status, log_cap=1024, inline=True)
+    status.root.mkdir(parents=True)
+    real_open = os.open
+    failing = [errno.EACCES]
+
+    def refuse_temp_files(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        # What the kernel says, with the temp file's name that is new at every try.
+        if failing and str(path).startswith(TEMP_PREFIX):
+            raise OSError(failing[0], os.strerror(failing[0]), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse_temp_files)
+    caplog.set_level(logging.INFO, logger="filerexec.writer")
+    job = Job("index", State.SUCCEEDED, "exit code 0")  # a job may be called index
+    for _ in range(3):
+        writer.job(job)
+        writer.flush()
+    failing[0] = errno.ENOSPC  # it changes: logged again, once
+    for _ in range(2):
+        writer.job(job)
+        writer.flush()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert "Permission denied" in warnings[0] and "No space left" in warnings[1]
+    assert not any(TEMP_PREFIX in w for w in warnings)
+    # host.yaml (written beside it, when that works) lists what keeps failing, until it works.
+    monkeypatch.undo()
+    monkeypatch.setattr(status, "write_job", fail_like_a_full_disk)
+    writer.job(job)
+    writer.host(lambda: {"host": "h"})
+    writer.flush()
+    shown = yaml.safe_load((status.root / "host.yaml").read_text())
+    assert shown["failing"] == ["cannot write the status of index: No space left on device"]
+    monkeypatch.undo()
+    writer.job(job)
+    writer.host(lambda: {"host": "h"})
+    writer.flush()
+    assert "failing" not in yaml.safe_load((status.root / "host.yaml").read_text())
+    assert "writing the status of index works again" in caplog.text
+
+
+def fail_like_a_full_disk(job: Job, conflicts: Any = ()) -> bool:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{TEMP_PREFIX}0123abcd.tmp")
