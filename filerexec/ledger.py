@@ -200,6 +200,8 @@ def job_to_record(job: Job) -> dict[str, Any]:
         "deleted": job.deleted,
         "missing_since": job.missing_since,
         "runs": job.runs,
+        "attempt": job.attempt,
+        "retry_at": job.retry_at,
         "kill": None if job.kill is None else [job.kill.reason, job.kill.since, job.kill.escalated],
         "run": None if run is None else {
             "run_id": run.run_id, "digest": run.digest, "started": run.started,
@@ -228,4 +230,6 @@ def job_from_record(rec: dict[str, Any]) -> Job:
         missing_since=rec.get("missing_since"),
         deleted=rec["deleted"],
         runs=rec["runs"],
+        attempt=rec.get("attempt", 1),
+        retry_at=rec.get("retry_at"),
     )

@@ -13,227 +13,46 @@ re-delivery) starts anything.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from enum import StrEnum
 from typing import TypeAlias
 
-from filerexec.config import DEFAULTS
-from filerexec.spec import JobSpec
+from filerexec.jobstate import (
+    Action,
+    Event,
+    Exited,
+    FileMissing,
+    FileRead,
+    Held,
+    Job,
+    Kill,
+    Launch,
+    Observed,
+    Readiness,
+    Result,
+    Run,
+    Signal,
+    Spawned,
+    SpawnFailed,
+    Start,
+    State,
+    Sweep,
+    Tick,
+    Timing,
+    Vanished,
+    Version,
+)
+from filerexec.retry import attempt_text, retry_delay
 
 FREE_SLOT = "waiting for a free slot"  # a due job's reason
 HELD = "waiting: "  # heads the reason of a due job the host holds back (a drain, safe mode)
 
-
-class State(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    KILLED = "killed"
-    STOPPED = "stopped"
-    EXPIRED = "expired"
-    INVALID = "invalid"
-    REJECTED = "rejected"
-    LOST = "lost"
-
-
-class Readiness(StrEnum):
-    """What the reconciler made of the file under the job's name."""
-
-    VALID = "valid"
-    INVALID = "invalid"  # unreadable or fails validation
-    REJECTED = "rejected"  # signature or policy refused it
-    NOT_READY = "not_ready"  # cannot be read yet (permissions, placeholder, still growing)
-    OTHER_HOST = "other_host"  # valid, but addressed to other hosts
-
-
-@dataclass(frozen=True, slots=True)
-class Version:
-    """One version of a job file as read by the reconciler."""
-
-    readiness: Readiness
-    spec: JobSpec | None = None  # set when VALID
-    problem: str | None = None  # the error, rejection or not-ready reason
-    mtime: float | None = None  # the file's mtime as synced
-    seen: float | None = None  # when this host first saw this version
-
-    @property
-    def digest(self) -> str | None:
-        return self.spec.digest if self.spec else None
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    """One run of a job: created when the machine launches it."""
-
-    run_id: str
-    digest: str
-    started: float
-    timeout: float | None = None
-    pid: int | None = None
-    create_time: float | None = None  # the process start time, so a reused pid is never adopted
-    finished: float | None = None
-    exit_code: int | None = None
-    outcome: State | None = None  # SUCCEEDED / FAILED / KILLED / LOST once finished
-    reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Kill:
-    """A kill in progress: TERM sent at ``since``; KILL once the grace has passed."""
-
-    reason: str
-    since: float
-    escalated: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    name: str
-    state: State = State.PENDING
-    reason: str = ""
-    version: Version | None = None  # the file as last read; None while absent
-    run: Run | None = None  # the running or the last run
-    queued: Version | None = None  # a run request waiting behind the running version
-    started_digest: str | None = None  # last digest started under this name
-    last_operation: str | None = None  # last operation seen (stop→start is a request)
-    kill: Kill | None = None
-    missing_since: float | None = None
-    deleted: float | None = None
-    runs: int = 0
-
-    @property
-    def running(self) -> bool:
-        return self.state is State.RUNNING
-
-    @property
-    def due(self) -> bool:
-        """Waiting only for a free slot: the daemon may launch it."""
-        return (
-            self.state is State.PENDING
-            and self.version is not None
-            and self.version.readiness is Readiness.VALID
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Timing:
-    """Grace periods, in seconds (configurable by the host's owner)."""
-
-    delete_grace: float = DEFAULTS["delete_grace"]
-    kill_grace: float = DEFAULTS["kill_grace"]
-
-
-# --- events -----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class FileRead:
-    """The file under the job's name was (re)read: it is new or its stat changed."""
-
-    version: Version
-    now: float
-
-
-@dataclass(frozen=True, slots=True)
-class FileMissing:
-    """A listing did not find the job's file (confirmed only after a grace)."""
-
-    now: float
-
-
-@dataclass(frozen=True, slots=True)
-class Tick:
-    """Time passed: grace periods, timeouts and deadlines are checked."""
-
-    now: float
-
-
-@dataclass(frozen=True, slots=True)
-class Launch:
-    """The daemon grants a due job a slot."""
-
-    run_id: str
-    now: float
-
-
-@dataclass(frozen=True, slots=True)
-class Spawned:
-    pid: int
-    create_time: float
-
-
-@dataclass(frozen=True, slots=True)
-class SpawnFailed:
-    message: str
-    now: float
-
-
-@dataclass(frozen=True, slots=True)
-class Exited:
-    code: int
-    now: float
-
-
-@dataclass(frozen=True, slots=True)
-class Vanished:
-    """The process is gone and no exit code survived."""
-
-    now: float
-    reason: str = "its process vanished while no daemon was watching; it is not run again"
-
-
-@dataclass(frozen=True, slots=True)
-class Held:
-    """The host starts nothing new for now (``reason``: a drain, safe mode), or again (None)."""
-
-    reason: str | None
-
-
-Event: TypeAlias = (
-    FileRead | FileMissing | Tick | Launch | Spawned | SpawnFailed | Exited | Vanished | Held
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Observed:
-    """An event for one job, as the reconciler or a runner saw it (the job table applies it)."""
-
-    name: str
-    event: Event
-
-
-# --- actions ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Start:
-    """Spawn ``spec`` as run ``run_id`` (the ledger has committed it first)."""
-
-    name: str
-    run_id: str
-    spec: JobSpec
-
-
-@dataclass(frozen=True, slots=True)
-class Signal:
-    """Signal the run's whole process tree: TERM first, KILL after the grace."""
-
-    name: str
-    run: Run
-    force: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Sweep:
-    """Kill whatever still carries a finished run's mark (escapees) once its file is gone."""
-
-    name: str
-    run_id: str
-
-
-Action: TypeAlias = Start | Signal | Sweep
-Result: TypeAlias = tuple[Job, list[Action]]
+__all__ = [
+    "FREE_SLOT", "HELD", "TABLE", "Action", "Event", "Exited", "FileMissing", "FileRead",
+    "Handler", "Held", "Job", "Kill", "Launch", "Observed", "Phase", "Readiness", "Result",
+    "Run", "Signal", "SpawnFailed", "Spawned", "Start", "State", "Sweep", "Tick", "Timing",
+    "Vanished", "Version", "next_due", "phase", "transition",
+]
 
 
 # --- the table --------------------------------------------------------------
@@ -255,7 +74,10 @@ def phase(job: Job) -> Phase:
 Handler: TypeAlias = Callable[[Job, Event, Timing], Result]
 
 
-def transition(job: Job, event: Event, timing: Timing = Timing()) -> Result:
+_TIMING = Timing()
+
+
+def transition(job: Job, event: Event, timing: Timing = _TIMING) -> Result:
     """Apply one event to one job: the new job and the actions to carry out."""
     handler = TABLE.get((phase(job), type(event)), _ignore)
     return handler(job, event, timing)
@@ -290,7 +112,11 @@ def _read_idle(job: Job, event: Event, timing: Timing) -> Result:
     v, now = event.version, event.now
     # A pending request stays one when the same version is read again (a touch).
     still_due = job.due and job.version is not None and job.version.digest == v.digest
-    job = replace(job, version=v, missing_since=None, deleted=None, queued=None)
+    # Waiting to retry this version: a re-read (a touch, a restart) keeps it waiting.
+    retrying = job.state is State.PENDING and job.attempt > 1 and job.run is not None \
+        and job.run.digest == v.digest
+    retry_at = job.retry_at
+    job = replace(job, version=v, missing_since=None, deleted=None, queued=None, retry_at=None)
     if v.readiness is Readiness.OTHER_HOST:
         return _gone(job, now, "the job is now addressed to other hosts"), []
     if v.readiness is Readiness.NOT_READY:
@@ -303,7 +129,10 @@ def _read_idle(job: Job, event: Event, timing: Timing) -> Result:
     if v.spec.operation == "stop":
         job = replace(job, state=State.STOPPED, reason="operation: stop", last_operation="stop")
         return job, []
+    if retrying:
+        return replace(job, retry_at=retry_at), []
     if still_due or _is_request(job, v):
+        job = job if still_due else replace(job, attempt=1)
         # last_operation stays as it was until the launch: a stop→start request
         # must survive an invalid edit or a restart before it runs.
         if _expired(v, now):
@@ -373,6 +202,8 @@ def _tick_waiting(job: Job, event: Event, timing: Timing) -> Result:
         return _gone(job, event.now, "job file deleted before it could start"), _sweep(job)
     if job.version and _passed(_expiry_due(job), event.now):
         return _expire(job, job.version), []
+    if _passed(job.retry_at, event.now):
+        return replace(job, retry_at=None, reason="waiting for a free slot to retry"), []
     return job, []
 
 
@@ -434,7 +265,7 @@ def next_due(job: Job, timing: Timing, now: float) -> float | None:
     loop with no change elsewhere. A time at or before ``now`` means "tick it now".
     """
     times = (_deletion_due(job, timing), _escalation_due(job, timing), _timeout_due(job),
-             _expiry_due(job))
+             _expiry_due(job), job.retry_at if job.state is State.PENDING else None)
     return min((t for t in times if t is not None), default=None)
 
 
@@ -458,6 +289,7 @@ def _gone(job: Job, now: float, reason: str | None) -> Job:
         deleted=now,
         started_digest=None,
         last_operation=None,
+        retry_at=None,
     )
 
 
@@ -538,11 +370,27 @@ def _finish(job: Job, now: float, code: int | None, outcome: State, reason: str)
         return replace(job, started_digest=None, last_operation=None, queued=None), _sweep(job)
     if job.queued is not None:
         queued = job.queued
-        job = replace(job, version=queued, queued=None)
+        job = replace(job, version=queued, queued=None, attempt=1)
         if _expired(queued, now):
             return _expire(job, queued), []
         return replace(job, state=State.PENDING, reason=FREE_SLOT), []
-    return job, []
+    return _retry(job, now, code, outcome), []
+
+
+def _retry(job: Job, now: float, code: int | None, outcome: State) -> Job:
+    """A failed run of the current version runs again after its delay, if ``retry:`` says so."""
+    spec, run = job.version.spec if job.version else None, job.run
+    if spec is None or run is None or spec.digest != run.digest or job.last_operation == "stop":
+        return job
+    timed_out = outcome is State.KILLED and (run.reason or "").startswith("timeout")
+    if outcome is not State.FAILED and not timed_out:
+        return job
+    delay = retry_delay(spec.retry, job.attempt, code, timed_out)
+    if delay is None:
+        return job
+    attempt = job.attempt + 1
+    reason = f"{run.reason}; attempt {attempt_text(spec.retry, attempt)} in {_duration(delay)}"
+    return replace(job, state=State.PENDING, reason=reason, attempt=attempt, retry_at=now + delay)
 
 
 def _duration(seconds: float) -> str:

@@ -17,6 +17,7 @@ import yaml
 
 from filerexec import APP
 from filerexec.machine import Job, State
+from filerexec.retry import attempt_text
 
 try:
     from yaml import CSafeDumper as _Dumper
@@ -52,6 +53,8 @@ def job_status(job: Job, host: str, conflicts: Iterable[str] = ()) -> dict[str, 
         "started": timestamp(run.started) if run else None,
         "finished": timestamp(run.finished) if run else None,
         "runs": job.runs,
+        "attempt": attempt_text(version.spec.retry if version and version.spec else None,
+                                job.attempt),
         "queued": job.queued.digest[:12] if job.queued and job.queued.digest else None,
         "deleted": timestamp(job.deleted),
         "conflicts": sorted(conflicts) or None,

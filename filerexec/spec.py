@@ -22,7 +22,8 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from filerexec import characters
+from filerexec import characters, speckeys
+from filerexec.retry import RetryPolicy
 
 try:
     from yaml import CSafeLoader as _BaseLoader
@@ -34,9 +35,10 @@ __all__ = ["KEYS", "MAX_JOB_BYTES", "JobSpec", "SpecError", "as_utf8", "decode_j
 
 MAX_JOB_BYTES = 64 * 1024
 KEYS = frozenset({"commands", "operation", "stdout", "stderr", "host", "cwd", "env", "shell",
-                  "timeout", "run", "not_after", "otp"})
+                  "timeout", "run", "not_after", "otp", *speckeys.FIELDS})
 # Left empty, these mean their default.
-_OPTIONAL = frozenset({"cwd", "env", "shell", "timeout", "run", "not_after", "otp"})
+_OPTIONAL = frozenset({"cwd", "env", "shell", "timeout", "run", "not_after", "otp",
+                       *speckeys.FIELDS})
 _MAX_DEPTH = 6  # collections inside collections; a real job file needs 2 (file → env)
 _MAX_NODES = 5000  # values in a file: more commands than anyone types, and cheap to read
 _NULL = "tag:yaml.org,2002:null"
@@ -77,6 +79,7 @@ class JobSpec:
     run: str | None = None
     not_after: datetime | None = None
     otp: str | None = None  # a one-time code from a phone (signing.py); not in the digest
+    retry: RetryPolicy | None = None  # DESIGN §10, from speckeys.py
     digest: str = ""
 
     def __post_init__(self) -> None:
@@ -104,7 +107,8 @@ def _digest(spec: JobSpec) -> str:
     not_after = spec.not_after and spec.not_after.astimezone(UTC).isoformat()
     canonical = {"commands": list(spec.commands), "cwd": spec.cwd, "env": sorted(spec.env),
                  "hosts": sorted({h.casefold() for h in spec.hosts}), "not_after": not_after,
-                 "run": spec.run, "shell": spec.shell, "timeout": spec.timeout}
+                 "run": spec.run, "shell": spec.shell, "timeout": spec.timeout,
+                 **speckeys.digest_parts(spec)}
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
@@ -435,6 +439,7 @@ _FIELDS: dict[str, tuple[str, Callable[[str, Node], Any], str, str | None]] = {
     "run": ("run", _word, "a single value such as 1", None),
     "not_after": ("not_after", _not_after, "a date and time like 2026-12-01T08:00:00+01:00", None),
     "otp": ("otp", _otp, "the six-digit code of your authenticator app", "e.g. `otp: 123456`"),
+    **speckeys.FIELDS,
 }
 
 
@@ -549,6 +554,8 @@ def _job(root: Node | None, name: str) -> JobSpec:
         try:
             values[field] = convert(key, node)
         except (ValueError, OverflowError, OSError) as exc:
+            if isinstance(exc, speckeys.NodeError):
+                raise _error(exc.message, exc.node, exc.hint) from None
             if isinstance(exc, SpecError) and exc.line is not None:
                 raise
             raise _error(f"`{key}` must be {what}, not {_describe(node)}", node, hint) from None

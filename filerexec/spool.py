@@ -22,6 +22,7 @@ _classify = functools.lru_cache(maxsize=65536)(classify)
 
 # When two files name one job (backup.yaml and backup.yml), the first suffix wins.
 _SUFFIX_RANK = (".yaml", ".yml", ".yaml.txt", ".yml.txt")
+_NT = os.name == "nt"
 
 EXAMPLE_JOB = """\
 # A filerexec job: drop a file like this into jobs/ and the host runs it.
@@ -167,7 +168,9 @@ def _walk(folder: Folder, entries: Iterator[os.DirEntry[str]], where: str, prefi
     for entry in entries:
         rel, path = prefix + entry.name, where + os.sep + entry.name
         try:
-            st = entry.stat(follow_symlinks=False)
+            # Windows' DirEntry.stat() leaves st_ino and st_nlink 0: the read's fstat would
+            # never match it. lstat there is what stat_file and the read see.
+            st = os.lstat(path) if _NT else entry.stat(follow_symlinks=False)
         except FileNotFoundError:
             continue  # vanished between listing and stat
         except OSError as e:
@@ -310,7 +313,9 @@ def read_job_file(info: FileStat, max_bytes: int) -> bytes:
     if info.placeholder:
         raise NotReady("waiting for the sync client: the file is online-only (a placeholder); "
                        "make jobs/ always available on this device")
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    # O_BINARY: Windows would read in text mode (CRLF as LF: fewer bytes than st_size).
+    flags = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+             | getattr(os, "O_BINARY", 0))
     try:
         fd = os.open(info.where, flags)
     except PermissionError as e:

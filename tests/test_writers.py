@@ -23,6 +23,7 @@ import pytest
 import yaml
 from ruamel.yaml import YAML
 
+from filerexec.retry import RetryPolicy
 from filerexec.spec import KEYS, WRITER_WIDTH, JobSpec, SpecError, parse_job
 
 LONG = "rsync -a --delete /home/john/Documents/ /mnt/backup/john/Documents/ && echo done at $(date)"
@@ -53,13 +54,14 @@ EVERY_KEY: dict[str, Any] = {
     "run": "2",
     "not_after": "2026-12-01T08:00:00+01:00",
     "otp": "123456",
+    "retry": {"max": 2, "on": [1, 75, "timeout"], "delay": "30s", "backoff": 2},
 }
 EVERY_KEY_SPEC = JobSpec(
     name="j", commands=(LONG, UNICODE, "echo ok"), stdout=False, hosts=("laptop", "office-pc"),
     cwd=EVERY_KEY["cwd"], env=(("EMPTY", ""), ("GREETING", EVERY_KEY["env"]["GREETING"]),
                                ("LANG", "C.UTF-8")),
     shell="/bin/bash", timeout=5400.0, run="2", not_after=datetime(2026, 12, 1, 7, tzinfo=UTC),
-    otp="123456")
+    otp="123456", retry=RetryPolicy(max=2, on=(1, 75, "timeout"), delay=30.0, backoff=2.0))
 
 DOCUMENTS: dict[str, tuple[Any, JobSpec]] = {
     "one long command": ({"commands": LONG}, JobSpec(name="j", commands=(LONG,))),
@@ -134,7 +136,8 @@ def test_what_writers_write_runs_as_written(writer: str, document: str) -> None:
 def test_a_forced_quoting_style(style: str) -> None:
     # Forcing a style quotes every value; booleans and numbers would then get a tag
     # (`!!bool "false"`), which job files refuse (README, Security): as text they pass.
-    doc = {**EVERY_KEY, "stdout": "false", "stderr": "true"}
+    doc = {**EVERY_KEY, "stdout": "false", "stderr": "true",
+           "retry": {"max": "2", "on": ["1", "75", "timeout"], "delay": "30s", "backoff": "2"}}
     assert parse_job(yaml.safe_dump(doc, default_style=style), "j") == EVERY_KEY_SPEC
     for document, (doc, expected) in DOCUMENTS.items():
         if document != "every key":

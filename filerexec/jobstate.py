@@ -1,0 +1,229 @@
+"""The per-job state machine's data: states, the job record, events and actions.
+
+Plain frozen records, no behaviour beyond reading themselves: machine.py holds the
+one transition table over them, the ledger stores them, the renderers show them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TypeAlias
+
+from filerexec.config import DEFAULTS
+from filerexec.spec import JobSpec
+
+
+class State(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    KILLED = "killed"
+    STOPPED = "stopped"
+    EXPIRED = "expired"
+    INVALID = "invalid"
+    REJECTED = "rejected"
+    LOST = "lost"
+
+
+class Readiness(StrEnum):
+    """What the reconciler made of the file under the job's name."""
+
+    VALID = "valid"
+    INVALID = "invalid"  # unreadable or fails validation
+    REJECTED = "rejected"  # signature or policy refused it
+    NOT_READY = "not_ready"  # cannot be read yet (permissions, placeholder, still growing)
+    OTHER_HOST = "other_host"  # valid, but addressed to other hosts
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One version of a job file as read by the reconciler."""
+
+    readiness: Readiness
+    spec: JobSpec | None = None  # set when VALID
+    problem: str | None = None  # the error, rejection or not-ready reason
+    mtime: float | None = None  # the file's mtime as synced
+    seen: float | None = None  # when this host first saw this version
+
+    @property
+    def digest(self) -> str | None:
+        return self.spec.digest if self.spec else None
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One run of a job: created when the machine launches it."""
+
+    run_id: str
+    digest: str
+    started: float
+    timeout: float | None = None
+    pid: int | None = None
+    create_time: float | None = None  # the process start time, so a reused pid is never adopted
+    finished: float | None = None
+    exit_code: int | None = None
+    outcome: State | None = None  # SUCCEEDED / FAILED / KILLED / LOST once finished
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Kill:
+    """A kill in progress: TERM sent at ``since``; KILL once the grace has passed."""
+
+    reason: str
+    since: float
+    escalated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    name: str
+    state: State = State.PENDING
+    reason: str = ""
+    version: Version | None = None  # the file as last read; None while absent
+    run: Run | None = None  # the running or the last run
+    queued: Version | None = None  # a run request waiting behind the running version
+    started_digest: str | None = None  # last digest started under this name
+    last_operation: str | None = None  # last operation seen (stop→start is a request)
+    kill: Kill | None = None
+    missing_since: float | None = None
+    deleted: float | None = None
+    runs: int = 0
+    attempt: int = 1  # which attempt of its version the running or last run is (retry:)
+    retry_at: float | None = None  # when the next attempt is due, after a failed one
+
+    @property
+    def running(self) -> bool:
+        return self.state is State.RUNNING
+
+    @property
+    def due(self) -> bool:
+        """Waiting only for a free slot: the daemon may launch it."""
+        return (
+            self.state is State.PENDING
+            and self.version is not None
+            and self.version.readiness is Readiness.VALID
+            and self.retry_at is None
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """Grace periods, in seconds (configurable by the host's owner)."""
+
+    delete_grace: float = DEFAULTS["delete_grace"]
+    kill_grace: float = DEFAULTS["kill_grace"]
+
+
+# --- events -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FileRead:
+    """The file under the job's name was (re)read: it is new or its stat changed."""
+
+    version: Version
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class FileMissing:
+    """A listing did not find the job's file (confirmed only after a grace)."""
+
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed: grace periods, timeouts and deadlines are checked."""
+
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """The daemon grants a due job a slot."""
+
+    run_id: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Spawned:
+    pid: int
+    create_time: float
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnFailed:
+    message: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Exited:
+    code: int
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Vanished:
+    """The process is gone and no exit code survived."""
+
+    now: float
+    reason: str = "its process vanished while no daemon was watching; it is not run again"
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """The host starts nothing new for now (``reason``: a drain, safe mode), or again (None)."""
+
+    reason: str | None
+
+
+Event: TypeAlias = (
+    FileRead | FileMissing | Tick | Launch | Spawned | SpawnFailed | Exited | Vanished | Held
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """An event for one job, as the reconciler or a runner saw it (the job table applies it)."""
+
+    name: str
+    event: Event
+
+
+# --- actions ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Spawn ``spec`` as run ``run_id`` (the ledger has committed it first)."""
+
+    name: str
+    run_id: str
+    spec: JobSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """Signal the run's whole process tree: TERM first, KILL after the grace."""
+
+    name: str
+    run: Run
+    force: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """Kill whatever still carries a finished run's mark (escapees) once its file is gone."""
+
+    name: str
+    run_id: str
+
+
+Action: TypeAlias = Start | Signal | Sweep
+Result: TypeAlias = tuple[Job, list[Action]]

@@ -1,0 +1,117 @@
+"""Converters of the job keys of DESIGN §10 (``retry:``…), beside spec.py's own.
+
+Each converter takes the key and its YAML node and returns the JobSpec field's
+value. A wrong value as a whole raises ValueError (spec.py reports it at the
+value, with what a right value is); a wrong part of it raises NodeError, which
+spec.py reports where that part is written.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from filerexec.retry import TIMEOUT, RetryPolicy
+
+_NULL = "tag:yaml.org,2002:null"
+_RETRY_HINT = "write e.g. `retry: 2`, or `retry: {max: 2, on: [1, timeout], delay: 30s}`"
+
+
+class NodeError(ValueError):
+    """A wrong part of a value: reported at ``node``'s line and column."""
+
+    def __init__(self, message: str, node: Node, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.node, self.hint = message, node, hint
+
+
+def _text(node: Node) -> str:
+    if not isinstance(node, ScalarNode) or node.tag == _NULL:
+        raise ValueError("not a single value")
+    return str(node.value).strip()
+
+
+def _count(node: Node, what: str) -> int:
+    text = _text(node)
+    if not re.fullmatch(r"[0-9]{1,3}", text):
+        raise NodeError(f"{what} must be a whole number from 0 to 999, not {text!r}", node,
+                        _RETRY_HINT)
+    return int(text)
+
+
+def _exit_codes(node: Node) -> tuple[int | str, ...]:
+    items = node.value if isinstance(node, SequenceNode) else [node]
+    codes: list[int | str] = []
+    for item in items:
+        text = _text(item) if isinstance(item, ScalarNode) else ""
+        if text.casefold() == TIMEOUT:
+            codes.append(TIMEOUT)
+        elif re.fullmatch(r"[0-9]{1,3}", text) and 0 < int(text) < 256:
+            codes.append(int(text))
+        else:
+            raise NodeError(f"`retry` `on` must list exit codes (1 to 255) or timeout, "
+                            f"not {text or 'a list'!r}", item, "write e.g. `on: [1, 75, timeout]`")
+    if not codes:
+        raise NodeError("`retry` `on` lists nothing", node, "write e.g. `on: [1, timeout]`")
+    return tuple(dict.fromkeys(codes))
+
+
+def _delay(node: Node) -> float:
+    from filerexec.spec import parse_duration  # spec.py imports this module
+
+    try:
+        return parse_duration(_text(node))
+    except ValueError:
+        raise NodeError(f"`retry` `delay` must be a duration, not {node.value!r}", node,
+                        "write e.g. 30s, 5m or 1h") from None
+
+
+def _backoff(node: Node) -> float:
+    text = _text(node)
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 1 <= value <= 100:
+        raise NodeError(f"`retry` `backoff` must be a number from 1 to 100, not {text!r}", node,
+                        "write e.g. `backoff: 2` to double the delay each time")
+    return value
+
+
+_RETRY_PARTS: dict[str, Callable[[Node], Any]] = {
+    "max": lambda node: _count(node, "`retry` `max`"), "on": _exit_codes, "delay": _delay,
+    "backoff": _backoff}
+
+
+def retry(key: str, node: Node) -> RetryPolicy:
+    """``retry: 2`` or ``retry: {max: 2, on: [1, timeout], delay: 30s, backoff: 2}``."""
+    if isinstance(node, ScalarNode):
+        return RetryPolicy(max=_count(node, f"`{key}`"))
+    if not isinstance(node, MappingNode):
+        raise ValueError("not a count or a mapping")
+    parts: dict[str, Any] = {}
+    for name_node, value_node in node.value:
+        name = _text(name_node).casefold() if isinstance(name_node, ScalarNode) else ""
+        if name not in _RETRY_PARTS or name in parts:
+            raise NodeError(f"`{key}` has an unknown or repeated setting {name or '?'!r}",
+                            name_node, "the settings are max, on, delay and backoff")
+        parts[name] = _RETRY_PARTS[name](value_node)
+    if "max" not in parts:
+        raise NodeError(f"`{key}` needs `max`, the number of retries", node, _RETRY_HINT)
+    return RetryPolicy(**parts)
+
+
+def digest_parts(spec: Any) -> dict[str, Any]:
+    """The §10 keys' part of a JobSpec's digest: only those set, so that a job without
+    them keeps the digest it always had."""
+    parts = {"retry": spec.retry.canonical() if spec.retry is not None else None}
+    return {key: value for key, value in parts.items() if value is not None}
+
+
+# key: (JobSpec field, converter, what a right value is, hint) — merged into spec._FIELDS
+FIELDS: dict[str, tuple[str, Callable[[str, Node], Any], str, str | None]] = {
+    "retry": ("retry", retry, "a number of retries, or {max, on, delay, backoff}", _RETRY_HINT),
+}
