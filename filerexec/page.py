@@ -97,6 +97,7 @@ def _job(job: Job, log: bytes) -> str:
                  ("finished", _when(timestamp(run.finished))),
                  ("took", duration(run.finished - run.started) if run.finished else "")]
     rows.append(("runs", str(job.runs)))
+    rows.append(("next run", _when(timestamp(job.next_run))))  # every: / cron: (issue 16)
     cells = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows if v)
     lines = last_lines(log)
     pre = f'<pre title="{escape(log_name(job.name))}">{escape(lines)}</pre>' if lines else ""
