@@ -19,6 +19,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900),
 # Modules whose every test applies to Windows, or skips with a reason there.
 PORTABLE = ("tests/test_spool.py", "tests/test_names.py", "tests/test_spec.py",
             "tests/test_machine.py")
+# A real `filerexec serve` on Windows Python, with cmd.exe jobs.
+END_TO_END = ("tests/test_windows.py",)
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +51,7 @@ def test_windows_python_is_the_official_cpython_under_wine(winpy: wine.WinePytho
 
 def test_portable_modules_pass_on_windows(winpy: wine.WinePython) -> None:
     run_pytest(winpy, *PORTABLE)
+
+
+def test_a_real_daemon_runs_and_kills_cmd_jobs_on_windows(winpy: wine.WinePython) -> None:
+    run_pytest(winpy, *END_TO_END)
