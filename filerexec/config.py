@@ -76,6 +76,7 @@ DEFAULTS: dict[str, Any] = {
     "totp_window": 300.0,  # how old a phone's code may be when its job is read
     "storm_starts": 5,  # more daemon starts than this within storm_window → safe mode
     "storm_window": 120.0,
+    "shell": None,  # of jobs that name none; None: /bin/sh (cmd.exe on Windows)
     "labels": (),  # what else this host answers to in a job's `host:` (DESIGN §12)
     "syncthing": None,  # ask the local Syncthing to scan status/HOST/ after writes (DESIGN §13)
 }
@@ -104,12 +105,20 @@ class Settings:
     totp_window: float = _D["totp_window"]
     storm_starts: int = _D["storm_starts"]
     storm_window: float = _D["storm_window"]
+    shell: str | None = _D["shell"]
     labels: tuple[str, ...] = _D["labels"]
     syncthing: SyncthingConfig | None = _D["syncthing"]
 
     @property
     def jobs_dir(self) -> Path:
         return self.spool / "jobs"
+
+    @property
+    def job_shell(self) -> str:
+        """The shell of jobs that name none: ``shell``, else the platform's."""
+        from filerexec.process import default_shell  # lazily: TAB completion reads config
+
+        return self.shell or default_shell()
 
     @property
     def scan_interval(self) -> float:
@@ -268,6 +277,8 @@ KEYS: tuple[Key, ...] = (
     Key("storm_starts", _positive_int, "more daemon starts than this within storm_window "
         "mean safe mode (README, What happens when things fail)", "--storm-starts"),
     Key("storm_window", _interval, "see storm_starts", "--storm-window"),
+    Key("shell", _text, "the shell of jobs that name none (default: /bin/sh; cmd.exe on "
+        "Windows); published in host.yaml, so that submit quotes for it"),
     Key("labels", _labels, "labels a job's `host:` may name instead of this host's name "
         "(README, Fleets)", "--label"),
     Key("syncthing", parse_syncthing, "ask the local Syncthing to scan status/HOST/ at once "

@@ -72,8 +72,7 @@ class Daemon:
         self.key_dir = settings.key_dir or keystore.default_key_dir()
         self.admission = Admission(settings, self.key_dir, store=None)
         self.reconciler = Reconciler(settings, self.table.jobs, self.admission)
-        self.runner: Runner = runner or LocalRunner(
-            settings.state_dir / "runs", settings.host, self.wake.set, procs, settings.log_cap)
+        self.runner: Runner = runner or LocalRunner.serving(settings, self.wake.set, procs)
         self.publisher = Publisher(settings, writer)
         self.jobs: dict[str, Job] = self.table.jobs  # the same dict, read only here
         self.writer = self.publisher.writer
@@ -298,7 +297,7 @@ class Daemon:
         return HostFacts(
             host=self.settings.host, version=__version__, pid=os.getpid(), started=self.started,
             watcher="polling" if self.settings.poll else self.watcher.kind,
-            last_scan=rec.last_scan, spool_problem=rec.spool_problem,
+            last_scan=rec.last_scan, spool_problem=rec.spool_problem, shell=self.settings.job_shell,
             ledger_problem=self.table.ledger_problem, safe_mode=self.lifecycle.safe_mode,
             stopping=stopping, warnings=tuple(self.warnings), refused=dict(rec.refused),
             labels=self.settings.labels, drain=self.lifecycle.drain_state(bool(self._running())),

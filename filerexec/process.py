@@ -112,6 +112,11 @@ class Child:
         return None if self._popen.poll() is None else self.wait()
 
 
+def default_shell() -> str:
+    """The shell of a job that names none, where the host's config names none either."""
+    return "cmd.exe" if _NT else "/bin/sh"
+
+
 def script(commands: tuple[str, ...], shell: str | None) -> list[str]:
     """The argv that runs ``commands`` in order in one shell, stopping at the first failure.
 
@@ -121,7 +126,7 @@ def script(commands: tuple[str, ...], shell: str | None) -> list[str]:
     script with its own code and later lines do not run.
     """
     items = [c for c in commands if c.strip()]
-    name = shell or ("cmd.exe" if _NT else "/bin/sh")
+    name = shell or default_shell()
     kind = _kind(name)
     if kind == "cmd":
         return [name, "/d", "/s", "/c", " && ".join(items)]

@@ -184,6 +184,7 @@ class HostFacts:
     pid: int
     started: float
     watcher: str
+    shell: str = "/bin/sh"  # of jobs that name none: what `submit` quotes words for
     last_scan: float | None = None
     spool_problem: str | None = None  # why jobs/ cannot be listed ("spool unavailable")
     ledger_problem: str | None = None
@@ -225,6 +226,7 @@ def host_document(facts: HostFacts, now: float) -> dict[str, Any]:
         "updated": timestamp(now),
         "last_scan": timestamp(facts.last_scan),
         "watcher": facts.watcher,
+        "shell": facts.shell,
     }
     if facts.labels:
         doc["labels"] = list(facts.labels)

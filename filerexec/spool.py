@@ -257,19 +257,32 @@ def stat_file(jobs_dir: Path, path: str) -> tuple[str, FileStat] | None:
 
 def _lstat_below(jobs_dir: Path, parts: list[str]) -> os.stat_result:
     """The stat of ``jobs_dir/parts…``, reached without following a link on the way."""
-    folder = _open_top(jobs_dir) if _BY_FD else None
+    folder = _open_parent(jobs_dir, parts)
+    if not isinstance(folder, int):
+        return os.lstat(os.path.join(jobs_dir, *parts))
+    try:
+        return os.stat(parts[-1], dir_fd=folder, follow_symlinks=False)
+    finally:
+        os.close(folder)
+
+
+def _open_parent(jobs_dir: Path, parts: list[str]) -> Folder:
+    """The folder holding ``jobs_dir/parts…``, reached without following a link: a
+    descriptor, or (where descriptors cannot be walked) its path, each folder checked."""
+    folder = _open_top(jobs_dir)
     if not isinstance(folder, int):
         for i in range(len(parts) - 1):
             _checked_dir(os.path.join(jobs_dir, *parts[: i + 1]))
-        return os.lstat(os.path.join(jobs_dir, *parts))
+        return os.path.join(jobs_dir, *parts[:-1])
     try:
         for part in parts[:-1]:
             below = os.open(part, _DIR_FLAGS, dir_fd=folder)
             os.close(folder)
             folder = below
-        return os.stat(parts[-1], dir_fd=folder, follow_symlinks=False)
-    finally:
+    except BaseException:
         os.close(folder)
+        raise
+    return folder
 
 
 def _rank(rel: str) -> int:
@@ -299,8 +312,12 @@ class Refused(Exception):
     """The file is not something a job may be read from (symlink, FIFO, too large…)."""
 
 
-def read_job_file(info: FileStat, max_bytes: int) -> bytes:
-    """Read a job file safely: never follow a link, never block on a FIFO, never read too much."""
+def read_job_file(info: FileStat, max_bytes: int, jobs_dir: Path | None = None) -> bytes:
+    """Read a job file safely: never follow a link, never block on a FIFO, never read too much.
+
+    With ``jobs_dir`` no folder between it and the file is followed if it is a link: a
+    folder swapped for a link since the listing cannot lead the read out of jobs/.
+    """
     mode = info.mode
     if stat.S_ISLNK(mode):
         raise Refused("it is a symbolic link; job files must be plain files")
@@ -317,12 +334,15 @@ def read_job_file(info: FileStat, max_bytes: int) -> bytes:
     flags = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
              | getattr(os, "O_BINARY", 0))
     try:
-        fd = os.open(info.where, flags)
+        fd = _open_file(info.where, flags, jobs_dir)
+    except Unavailable as e:
+        raise NotReady(f"waiting for the spool: {e}") from e
     except PermissionError as e:
         raise NotReady("waiting for the sync client: the file cannot be read yet") from e
     except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise Refused("it is a symbolic link; job files must be plain files") from e
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):  # O_NOFOLLOW met a link (a folder's: ENOTDIR)
+            raise Refused("it or a folder above it is a symbolic link; job files must be "
+                          "plain files in plain folders") from e
         raise
     try:
         st = os.fstat(fd)
@@ -338,3 +358,16 @@ def read_job_file(info: FileStat, max_bytes: int) -> bytes:
     if len(data) != st.st_size:
         raise NotReady("waiting for the sync client: the file is still arriving")
     return data
+
+
+def _open_file(where: str, flags: int, jobs_dir: Path | None) -> int:
+    if jobs_dir is None:
+        return os.open(where, flags)
+    parts = os.path.relpath(where, jobs_dir).split(os.sep)
+    folder = _open_parent(jobs_dir, parts)
+    if not isinstance(folder, int):
+        return os.open(where, flags)
+    try:
+        return os.open(parts[-1], flags, dir_fd=folder)
+    finally:
+        os.close(folder)

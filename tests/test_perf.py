@@ -190,7 +190,8 @@ def test_restart_reads_only_files_changed_since_a_clean_stop(
     read: list[str] = []
     real = read_job_file
     monkeypatch.setattr(reconcile_module, "read_job_file",
-                        lambda info, cap: read.append(info.path.name) or real(info, cap))
+                        lambda info, cap, jobs_dir=None: read.append(info.path.name)
+                        or real(info, cap, jobs_dir))
     second = _serve_once(spool, tmp_path / "state")
     second.close()
     assert sorted(read) == (["b.yaml"] if clean else ["a.yaml", "b.yaml"])
