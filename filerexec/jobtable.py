@@ -172,7 +172,8 @@ class JobTable:
             self._removed.add(name)
 
     def _track(self, name: str, job: Job) -> None:
-        if phase(job) is not Phase.IDLE or job.missing_since is not None:
+        if phase(job) is not Phase.IDLE or job.missing_since is not None \
+                or job.next_run is not None:  # a scheduled job: its slots come by Tick
             self.active.add(name)
         else:
             self.active.discard(name)

@@ -202,12 +202,15 @@ def job_to_record(job: Job) -> dict[str, Any]:
         "runs": job.runs,
         "attempt": job.attempt,
         "retry_at": job.retry_at,
+        "next_run": job.next_run,
+        "slot": job.slot,
         "kill": None if job.kill is None else [job.kill.reason, job.kill.since, job.kill.escalated],
         "run": None if run is None else {
             "run_id": run.run_id, "digest": run.digest, "started": run.started,
             "timeout": run.timeout, "pid": run.pid, "create_time": run.create_time,
             "finished": run.finished, "exit_code": run.exit_code,
             "outcome": None if run.outcome is None else run.outcome.value, "reason": run.reason,
+            "slot": run.slot,
         },
     }
 
@@ -232,4 +235,6 @@ def job_from_record(rec: dict[str, Any]) -> Job:
         runs=rec["runs"],
         attempt=rec.get("attempt", 1),
         retry_at=rec.get("retry_at"),
+        next_run=rec.get("next_run"),
+        slot=rec.get("slot"),
     )

@@ -18,6 +18,7 @@ import yaml
 from filerexec import APP
 from filerexec.machine import Job, State
 from filerexec.retry import attempt_text
+from filerexec.schedule import Schedule
 
 try:
     from yaml import CSafeDumper as _Dumper
@@ -55,12 +56,18 @@ def job_status(job: Job, host: str, conflicts: Iterable[str] = ()) -> dict[str, 
         "runs": job.runs,
         "attempt": attempt_text(version.spec.retry if version and version.spec else None,
                                 job.attempt),
+        "next": timestamp(job.next_run),
+        "schedule": schedule.words() if (schedule := _schedule(job)) else None,
         "queued": job.queued.digest[:12] if job.queued and job.queued.digest else None,
         "deleted": timestamp(job.deleted),
         "conflicts": sorted(conflicts) or None,
         "log": log_name(job.name) if run else None,
     }
     return {k: v for k, v in doc.items() if v is not None}
+
+
+def _schedule(job: Job) -> Schedule | None:
+    return job.version.spec.schedule if job.version and job.version.spec else None
 
 
 def log_name(name: str) -> str:
@@ -96,8 +103,8 @@ def render_index(jobs: Iterable[Job], host: str, now: float,
         *([f"Labels: {', '.join(labels)}.", ""] if labels else []),
         f"Updated {timestamp(now)}.",
         "",
-        "| job | state | since | exit | sync → start |",
-        "|---|---|---|---|---|",
+        "| job | state | since | exit | sync → start | next |",
+        "|---|---|---|---|---|---|",
     ]
     if len(cache) > len(entries):  # forget jobs that are gone
         names = {e[0].name for e in entries}
@@ -112,7 +119,8 @@ def _row(job: Job) -> str:
     code = job.run.exit_code if job.run and job.run.exit_code is not None else ""
     state = job.state.value + (" (deleted)" if job.deleted else "")
     when = (timestamp(since(job)) or "").replace("T", " ")
-    return f"| {_cell(job.name)} | {state} | {when} | {code} | {delays(job)} |"
+    after = (timestamp(job.next_run) or "").replace("T", " ")
+    return f"| {_cell(job.name)} | {state} | {when} | {code} | {delays(job)} | {after} |"
 
 
 def delays(job: Job) -> str:
