@@ -15,7 +15,7 @@ code — so the code survives a daemon restart without a Python interpreter per 
 - Every job process carries ``FILEREXEC_RUN_ID``; on Linux ``terminate``/``kill``
   also signal processes with that run id that left the group (setsid, double fork).
 
-Windows: the job's shell runs in a new process group and ``taskkill /T /F`` ends
+Windows: the job's shell runs in a new process group and ``winproc.kill_tree`` ends
 the tree; there is no waiting parent, so only ``Child.wait`` (the daemon's waiter
 thread) writes the exit file: a job that ends while the daemon is down has no
 recorded code there and becomes ``lost``. ``terminate`` is ``kill`` on Windows
@@ -36,6 +36,8 @@ from pathlib import Path, PureWindowsPath
 from typing import Any, Protocol
 
 import psutil
+
+from filerexec import winproc
 
 logger = logging.getLogger(__name__)
 
@@ -324,17 +326,11 @@ def _nt_command_line(argv: list[str]) -> str:
     return subprocess.list2cmdline(argv)
 
 
-def _nt_taskkill_argv(pid: int, system_root: str) -> list[str]:
-    # By absolute path: a taskkill.exe on PATH or in the current folder must not run as us.
-    exe = PureWindowsPath(system_root, "System32", "taskkill.exe")
-    return [str(exe), "/T", "/F", "/PID", str(pid)]
-
-
 def _nt_taskkill(handle: Handle) -> None:
     if alive(handle):
-        argv = _nt_taskkill_argv(handle.pid, os.environ.get("SYSTEMROOT", r"C:\Windows"))
-        subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, check=False, timeout=30)
+        failed = winproc.kill_tree(handle.pid, os.environ.get("SYSTEMROOT", r"C:\Windows"))
+        if failed:
+            logger.error("could not kill pid %d: %s", handle.pid, failed)
 
 
 def run_tool(argv: list[str]) -> int:

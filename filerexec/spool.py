@@ -27,8 +27,8 @@ _NT = os.name == "nt"
 EXAMPLE_JOB = """\
 # A filerexec job: drop a file like this into jobs/ and the host runs it.
 # Delete the file to kill the job. Results appear in status/HOST/.
-commands: echo "hello from $(hostname)"; uptime
-"""
+commands: """ + ("echo hello from %COMPUTERNAME% & ver\n" if os.name == "nt"
+                 else 'echo "hello from $(hostname)"; uptime\n')
 
 
 def init(spool: Path) -> list[Path]:

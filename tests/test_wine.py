@@ -19,6 +19,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900),
 # Modules whose every test applies to Windows, or skips with a reason there.
 PORTABLE = ("tests/test_spool.py", "tests/test_names.py", "tests/test_spec.py",
             "tests/test_machine.py")
+# tests/test_windows.py (a real serve with cmd.exe jobs) passes when run alone under Wine
+# (python -m tests.wine -m pytest tests/test_windows.py) but failed once in this stage under
+# load: not in the stage until that is understood (issue 10).
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +52,4 @@ def test_windows_python_is_the_official_cpython_under_wine(winpy: wine.WinePytho
 
 def test_portable_modules_pass_on_windows(winpy: wine.WinePython) -> None:
     run_pytest(winpy, *PORTABLE)
+
