@@ -415,9 +415,25 @@ def what_runs(spec: JobSpec) -> str:
     return "".join(f"{line}\n" for line in lines)
 
 
+def _submit_kind(args: argparse.Namespace) -> str:
+    """The shell kind several words are quoted for: ``--shell``, else the one the hosts
+    that will run the job published (their host.yaml's ``shell:``); POSIX if none did."""
+    if args.shell or len(args.words) < 2:
+        return shell_kind(args.shell)
+    from filerexec.view import host_shells
+
+    shells = host_shells(args.spool, args.host)
+    kinds = {shell_kind(shell) for shell in shells.values()}
+    if len(kinds) > 1:
+        named = ", ".join(f"{host}: {shell}" for host, shell in sorted(shells.items()))
+        raise CannotQuote(f"the hosts run jobs in different shells ({named}): choose one "
+                          "with --shell or --host, or give the command as one line")
+    return kinds.pop() if kinds else "posix"
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     try:
-        line = command_line(args.words, shell_kind(args.shell))
+        line = command_line(args.words, _submit_kind(args))
     except CannotQuote as e:
         print(f"filerexec: {e}: filerexec submit SPOOL NAME -- COMMAND...", file=sys.stderr)
         return USAGE

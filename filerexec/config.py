@@ -78,6 +78,12 @@ DEFAULTS: dict[str, Any] = {
     "totp_window": 300.0,  # how old a phone's code may be when its job is read
     "storm_starts": 5,  # more daemon starts than this within storm_window → safe mode
     "storm_window": 120.0,
+    "notify": (),  # notification targets: (name, Apprise-style URL) pairs (DESIGN §9)
+    "notify_default": (),  # targets of jobs that name none
+    "notify_on": ("failed", "killed", "lost", "expired", "rejected"),  # states that notify
+    "notify_log_tail": 10,  # log lines an event carries (0: none)
+    "notify_retry": 10.0,  # a failing target is tried again after this, doubling
+    "shell": None,  # of jobs that name none; None: /bin/sh (cmd.exe on Windows)
     "labels": (),  # what else this host answers to in a job's `host:` (DESIGN §12)
     "executor": "local",  # local | slurm: each run an sbatch submission (DESIGN §11)
     "slurm": SlurmConfig(),
@@ -108,14 +114,32 @@ class Settings:
     totp_window: float = _D["totp_window"]
     storm_starts: int = _D["storm_starts"]
     storm_window: float = _D["storm_window"]
+    notify: tuple[tuple[str, str], ...] = _D["notify"]
+    notify_default: tuple[str, ...] = _D["notify_default"]
+    notify_on: tuple[str, ...] = _D["notify_on"]
+    notify_log_tail: int = _D["notify_log_tail"]
+    notify_retry: float = _D["notify_retry"]
+    shell: str | None = _D["shell"]
     labels: tuple[str, ...] = _D["labels"]
     executor: str = _D["executor"]
     slurm: SlurmConfig = _D["slurm"]
     syncthing: SyncthingConfig | None = _D["syncthing"]
 
     @property
+    def targets(self) -> dict[str, str]:
+        """Notification targets by name."""
+        return dict(self.notify)
+
+    @property
     def jobs_dir(self) -> Path:
         return self.spool / "jobs"
+
+    @property
+    def job_shell(self) -> str:
+        """The shell of jobs that name none: ``shell``, else the platform's."""
+        from filerexec.process import default_shell  # lazily: TAB completion reads config
+
+        return self.shell or default_shell()
 
     @property
     def scan_interval(self) -> float:
@@ -195,6 +219,10 @@ def _path(value: object) -> Path:
     return Path(os.path.expanduser(_text(value)))
 
 
+def _texts_or_none(value: object) -> tuple[str, ...]:
+    return () if value == [] or value is None else _texts(value)
+
+
 def _texts(value: object) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list | tuple):
@@ -206,6 +234,36 @@ def _executor(value: object) -> str:
     if value not in ("local", "slurm"):
         raise ValueError(f"must be local or slurm, not {value!r}")
     return str(value)
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"must be a whole number of at least 0, not {value!r}")
+    return value
+
+
+def _targets(value: object) -> tuple[tuple[str, str], ...]:
+    """``name: URL`` lines: where notifications go (their URLs carry tokens)."""
+    if not isinstance(value, dict):
+        raise ValueError("must be `name: URL` lines, e.g. `phone: ntfys://ntfy.sh/TOPIC`")
+    pairs = []
+    for name, url in value.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ValueError(f"{name!r} is not a target name (letters, digits, _ . -)")
+        if not isinstance(url, str) or ":" not in url:
+            raise ValueError(f"target {name}: {url!r} is not a URL such as "
+                             "ntfys://ntfy.sh/TOPIC or command:/path/to/program")
+        pairs.append((name, url.strip()))
+    return tuple(sorted(pairs))
+
+
+def _states(value: object) -> tuple[str, ...]:
+    from filerexec.machine import State  # the machine reads DEFAULTS from here
+
+    states = _texts(value) if value != [] else ()
+    words = [s.value for s in State]
+    for state in states:
+        if state not in words:
+            raise ValueError(f"{state!r} is not a state (the states: {', '.join(words)})")
+    return states
 
 
 def _labels(value: object) -> tuple[str, ...]:
@@ -252,6 +310,8 @@ class Key:
             return _human_duration(value)
         if self.parse is parse_size:
             return _human_size(value)
+        if self.parse is _targets:
+            return dict(value)
         return str(value) if isinstance(value, Path) else (
             list(value) if isinstance(value, tuple) else value)
 
@@ -282,6 +342,14 @@ KEYS: tuple[Key, ...] = (
     Key("storm_starts", _positive_int, "more daemon starts than this within storm_window "
         "mean safe mode (README, What happens when things fail)", "--storm-starts"),
     Key("storm_window", _interval, "see storm_starts", "--storm-window"),
+    Key("notify", _targets, "notification targets, `name: URL` (README, Notifications)"),
+    Key("notify_default", _texts_or_none, "targets of jobs that name none"),
+    Key("notify_on", _states, "the states that notify"),
+    Key("notify_log_tail", _count, "log lines a notification carries (0: none)"),
+    Key("notify_retry", _interval, "a failing notification target is tried again after "
+        "this long, doubling up to 15 minutes"),
+    Key("shell", _text, "the shell of jobs that name none (default: /bin/sh; cmd.exe on "
+        "Windows); published in host.yaml, so that submit quotes for it"),
     Key("labels", _labels, "labels a job's `host:` may name instead of this host's name "
         "(README, Fleets)", "--label"),
     Key("executor", _executor, "where runs go: local, or slurm (README, Running jobs on a "

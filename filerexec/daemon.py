@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from filerexec import __version__, keystore, process
 from filerexec.admission import Admission
 from filerexec.config import Settings
+from filerexec.delivery import Delivery
 from filerexec.jobtable import JobTable
 from filerexec.ledger import Ledger
 from filerexec.lifecycle import AlreadyRunning, Lifecycle, setup_warnings
@@ -34,7 +35,6 @@ from filerexec.machine import (
     Observed,
     Phase,
     Readiness,
-    Run,
     Signal,
     Start,
     Sweep,
@@ -68,11 +68,12 @@ class Daemon:
         self.wake = threading.Event()
         self.hints = Hints(self.wake.set)
         self.watcher = Watcher(settings.jobs_dir, self.hints)
-        self.table = JobTable(Timing(settings.delete_grace, settings.kill_grace))
+        self.runner: Runner = runner or runner_for(settings, self.wake.set, procs)
+        self.delivery = Delivery(settings, self.runner.output_path, self.wake.set)
+        self.table = JobTable(Timing(settings.delete_grace, settings.kill_grace), self.delivery)
         self.key_dir = settings.key_dir or keystore.default_key_dir()
         self.admission = Admission(settings, self.key_dir, store=None)
         self.reconciler = Reconciler(settings, self.table.jobs, self.admission)
-        self.runner: Runner = runner or runner_for(settings, self.wake.set, procs)
         self.publisher = Publisher(settings, writer)
         self.jobs: dict[str, Job] = self.table.jobs  # the same dict, read only here
         self.writer = self.publisher.writer
@@ -94,7 +95,7 @@ class Daemon:
         self.runner.open()
         ledger = self.ledger = Ledger(self.settings.state_dir / "ledger.sqlite")
         self.admission.store = ledger
-        self.table.load(ledger)
+        self.table.load(ledger)  # and the notifications' outbox in it
         self.reconciler.restore(ledger.seen, self.lifecycle.restorable(ledger))
         self.started = self.clock()
         self.lifecycle.record_start(ledger, self.started)
@@ -125,6 +126,7 @@ class Daemon:
         self.publisher.publish(self.table.take_changed(), self.reconciler.conflicts,
                                self.jobs, self._facts(stopping=True), now)
         written = self.writer.close(timeout=10)
+        self.delivery.close()
         self.scanner.close()
         if self.ledger is not None:
             # Clean only if every status file says what the ledger says, and the ledger
@@ -168,7 +170,7 @@ class Daemon:
         return self._next_deadline(now) - now
 
     def _collect_exits(self, now: float) -> None:
-        self._observe(self.runner.poll(self._running(), now))
+        self._observe(self.runner.poll(self.table.running(), now))
         # Committed now, not with this step's launches: the ledger writes a job's run
         # history from its current run, so a run that ends and a queued version that
         # starts in one commit would leave the first run without its outcome.
@@ -289,22 +291,20 @@ class Daemon:
 
     # --- what the loop and host.yaml need to know ----------------------------
 
-    def _running(self) -> list[tuple[str, Run]]:
-        return [(j.name, j.run) for j in self.table.active_jobs() if j.running and j.run]
-
     def _facts(self, stopping: bool = False) -> HostFacts:
         rec = self.reconciler
         return HostFacts(
             host=self.settings.host, version=__version__, pid=os.getpid(), started=self.started,
             watcher="polling" if self.settings.poll else self.watcher.kind,
-            last_scan=rec.last_scan, spool_problem=rec.spool_problem,
+            last_scan=rec.last_scan, spool_problem=rec.spool_problem, shell=self.settings.job_shell,
             ledger_problem=self.table.ledger_problem, safe_mode=self.lifecycle.safe_mode,
             stopping=stopping, warnings=tuple(self.warnings), refused=dict(rec.refused),
-            labels=self.settings.labels, drain=self.lifecycle.drain_state(bool(self._running())),
+            labels=self.settings.labels, notify=self.delivery.problems(),
+            drain=self.lifecycle.drain_state(bool(self.table.running())),
             syncthing=self.scanner.report())
 
     def _next_deadline(self, now: float) -> float:
-        running = self._running()
+        running = self.table.running()
         deadlines = [self._next_scan, self.publisher.next_due(now, bool(running))]
         if self.table.ledger_problem is not None:
             deadlines.append(self.table.ledger_retry)

@@ -6,7 +6,7 @@ one transition table over them, the ledger stores them, the renderers show them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TypeAlias
 
@@ -25,6 +25,7 @@ class State(StrEnum):
     INVALID = "invalid"
     REJECTED = "rejected"
     LOST = "lost"
+    SCHEDULED = "scheduled"  # a scheduled job waiting for its first slot
 
 
 class Readiness(StrEnum):
@@ -69,6 +70,7 @@ class Run:
     external: str | None = None  # a scheduler's id of the run (the Slurm job id)
     waiting: str | None = None  # why the scheduler has not started it yet (shown as pending)
     began: float | None = None  # when the scheduler started it (its timeout counts from then)
+    slot: float | None = None  # the schedule's slot this run is (every:, cron:)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,8 @@ class Job:
     runs: int = 0
     attempt: int = 1  # which attempt of its version the running or last run is (retry:)
     retry_at: float | None = None  # when the next attempt is due, after a failed one
+    next_run: float | None = None  # a scheduled job's next slot
+    slot: float | None = None  # the slot a pending run is for
 
     @property
     def running(self) -> bool:
@@ -197,9 +201,17 @@ class Held:
     reason: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class SlotCame:
+    """A scheduled job's next slot has come (the machine raises it on a Tick)."""
+
+    now: float
+
+
 Event: TypeAlias = (
     FileRead | FileMissing | Tick | Launch | Spawned | SpawnFailed | Exited | Vanished | Held
     | Scheduled
+    | SlotCame
 )
 
 
@@ -242,3 +254,11 @@ class Sweep:
 
 Action: TypeAlias = Start | Signal | Sweep
 Result: TypeAlias = tuple[Job, list[Action]]
+
+
+def begin_kill(job: Job, now: float, reason: str) -> Result:
+    """TERM the running job's process tree, for ``reason``; KILL follows after the grace."""
+    assert job.run is not None
+    run = job.run
+    job = replace(job, kill=Kill(reason, since=now), reason=f"stopping: {reason}")
+    return job, [Signal(job.name, run, force=False)]

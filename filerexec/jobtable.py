@@ -2,7 +2,9 @@
 
 Events go in through ``apply`` (the pure machine decides); the changed jobs are
 committed to the ledger by ``commit`` *before* the actions they imply are carried
-out — the write-ahead rule that keeps a crash from ever running a job twice. Every
+out — the write-ahead rule that keeps a crash from ever running a job twice — and
+with them, in the same transaction, the notifications of every job that came to
+rest (``notices`` builds them; notify.py decides what is news). Every
 ledger error on the way (disk full, read-only, locked) is handled here, on one
 path: the change stays unsaved, no job is started on it, the problem is shown in
 ``ledger_problem`` and the commit is retried a little later.
@@ -17,6 +19,8 @@ import logging
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from pathlib import Path
+from typing import Protocol
 
 from filerexec.ledger import FileKey, Ledger
 from filerexec.machine import (
@@ -26,10 +30,37 @@ from filerexec.machine import (
     Job,
     Launch,
     Phase,
+    Run,
+    State,
     Timing,
     phase,
     transition,
 )
+from filerexec.notify import Outgoing, committed_key, is_news
+
+
+class Notifier(Protocol):
+    """Where events come from and go: delivery.Delivery (tests may pass their own)."""
+
+    def notices(self, job: Job, now: float) -> list[Outgoing]:
+        """The events a job's new state causes."""
+
+    def wake(self) -> None:
+        """New events were committed."""
+
+    def start(self, ledger: Path) -> None:
+        """Open the outbox in the ledger and send what a crash left there."""
+
+
+class _Silent:
+    def notices(self, job: Job, now: float) -> list[Outgoing]:
+        return []
+
+    def wake(self) -> None:
+        pass
+
+    def start(self, ledger: Path) -> None:
+        pass
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +70,10 @@ LEDGER_RETRY = 1.0  # after a failed commit, wait this long before trying again
 class JobTable:
     """The jobs, their active and deleted sets, and their write-ahead commit."""
 
-    def __init__(self, timing: Timing) -> None:
+    def __init__(self, timing: Timing, notifier: Notifier | None = None) -> None:
         self.timing = timing
+        self.notifier = notifier or _Silent()
+        self._committed: dict[str, tuple[State, str | None]] = {}  # what is_news compares
         self.jobs: dict[str, Job] = {}
         self.active: set[str] = set()  # not at rest: the only jobs a step looks at
         self.deleted: set[str] = set()  # deleted jobs whose status waits for the retention
@@ -54,14 +87,23 @@ class JobTable:
         self._held = True  # a reason of the last hold may be left in waiting jobs: clear it
 
     def load(self, ledger: Ledger) -> None:
-        """Every job as the ledger last committed it; later commits go there."""
+        """Every job as the ledger last committed it; later commits go there.
+
+        The notifier starts sending from the ledger's outbox: what a crash left there first.
+        """
         self._ledger = ledger
         self.jobs.update(ledger.load())
         for name, job in self.jobs.items():
             self._track(name, job)
+            self._committed[name] = committed_key(job)
+        self.notifier.start(ledger.path)
 
     def active_jobs(self) -> list[Job]:
         return [j for n in self.active if (j := self.jobs.get(n)) is not None]
+
+    def running(self) -> list[tuple[str, Run]]:
+        """The running jobs' names and runs."""
+        return [(j.name, j.run) for j in self.active_jobs() if j.running and j.run]
 
     def apply(self, name: str, event: Event) -> list[Action]:
         """Feed one event to one job; the actions to carry out once committed."""
@@ -113,9 +155,12 @@ class JobTable:
             return True
         if self.ledger_problem is not None and now < self.ledger_retry:
             return False  # a failing commit may block for SQLite's busy timeout: not every call
+        saving = [self.jobs[n] for n in self.unsaved if n in self.jobs]
+        # A job that came to rest is news: its events go in the same transaction.
+        events = [e for job in saving if is_news(self._committed.get(job.name), job)
+                  for e in self.notifier.notices(job, now)]
         try:
-            self._ledger.save((self.jobs[n] for n in self.unsaved if n in self.jobs),
-                              removed=self._removed, files=files)
+            self._ledger.save(saving, removed=self._removed, files=files, events=events)
         except (sqlite3.Error, OSError) as e:
             if self.ledger_problem != str(e):
                 logger.error("cannot write the ledger (%s): no job is started until it can be",
@@ -123,6 +168,11 @@ class JobTable:
             self.ledger_problem = str(e)
             self.ledger_retry = now + LEDGER_RETRY
             return False
+        self._committed.update((job.name, committed_key(job)) for job in saving)
+        if events:
+            self.notifier.wake()
+        for name in self._removed:
+            self._committed.pop(name, None)
         self.unsaved.clear()
         self._removed.clear()
         if self.ledger_problem is not None:
@@ -172,7 +222,8 @@ class JobTable:
             self._removed.add(name)
 
     def _track(self, name: str, job: Job) -> None:
-        if phase(job) is not Phase.IDLE or job.missing_since is not None:
+        if phase(job) is not Phase.IDLE or job.missing_since is not None \
+                or job.next_run is not None:  # a scheduled job: its slots come by Tick
             self.active.add(name)
         else:
             self.active.discard(name)

@@ -10,6 +10,8 @@ needs to resume), ``runs`` the history of every run (for ``runs:`` and audits).
 For signed jobs (signing.py), ``tokens`` remembers every signature and code ever
 accepted (a replay is refused) and ``accepted`` the file each job was last
 accepted as, until the job's deletion (a re-read of that same file is no replay).
+``outbox`` holds the notifications (DESIGN §9), each written in the same transaction as
+the state it reports and marked sent by the delivery worker (outbox.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from filerexec.machine import Job, Kill, Run, State
+from filerexec.notify import Outgoing
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (name TEXT PRIMARY KEY, data TEXT NOT NULL);
@@ -33,6 +36,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens (token TEXT PRIMARY KEY, job TEXT NOT NULL, used REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS accepted (
     job TEXT PRIMARY KEY, token TEXT NOT NULL, fingerprint TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    id TEXT NOT NULL, target TEXT NOT NULL, event TEXT NOT NULL, created REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, sent REAL, gave_up REAL,
+    PRIMARY KEY (id, target));
 """
 
 
@@ -72,8 +79,10 @@ class Ledger:
         return jobs
 
     def save(self, jobs: Iterable[Job], removed: Iterable[str] = (),
-             files: Mapping[str, FileKey] | None = None) -> None:
-        """Commit changed jobs (and their runs) in one durable transaction.
+             files: Mapping[str, FileKey] | None = None,
+             events: Iterable[Outgoing] = ()) -> None:
+        """Commit changed jobs (and their runs, and the events they cause) in one durable
+        transaction: a notification is never lost, nor recorded for a state that was not.
 
         ``files`` gives the stat key of the file each job's record reflects, so that a
         restart need not re-read a file that has not changed since (see ``files``).
@@ -82,10 +91,13 @@ class Ledger:
         records = [(job, _dump({**job_to_record(job), "file": files.get(job.name)}))
                    for job in jobs]
         records = [(job, data) for job, data in records if self._saved.get(job.name) != data]
-        removed = list(removed)
-        if not records and not removed:
+        removed, events = list(removed), list(events)
+        if not records and not removed and not events:
             return
         with self._transaction() as db:
+            db.executemany("INSERT OR IGNORE INTO outbox (id, target, event, created)"
+                           " VALUES (?, ?, ?, ?)",
+                           [(e.id, e.target, e.payload(), e.created) for e in events])
             for job, data in records:
                 db.execute("INSERT OR REPLACE INTO jobs (name, data) VALUES (?, ?)",
                            (job.name, data))
@@ -202,6 +214,8 @@ def job_to_record(job: Job) -> dict[str, Any]:
         "runs": job.runs,
         "attempt": job.attempt,
         "retry_at": job.retry_at,
+        "next_run": job.next_run,
+        "slot": job.slot,
         "kill": None if job.kill is None else [job.kill.reason, job.kill.since, job.kill.escalated],
         "run": None if run is None else {
             "run_id": run.run_id, "digest": run.digest, "started": run.started,
@@ -209,6 +223,7 @@ def job_to_record(job: Job) -> dict[str, Any]:
             "finished": run.finished, "exit_code": run.exit_code,
             "outcome": None if run.outcome is None else run.outcome.value, "reason": run.reason,
             "external": run.external, "waiting": run.waiting, "began": run.began,
+            "slot": run.slot,
         },
     }
 
@@ -233,4 +248,6 @@ def job_from_record(rec: dict[str, Any]) -> Job:
         runs=rec["runs"],
         attempt=rec.get("attempt", 1),
         retry_at=rec.get("retry_at"),
+        next_run=rec.get("next_run"),
+        slot=rec.get("slot"),
     )

@@ -33,6 +33,7 @@ from filerexec.jobstate import (
     Run,
     Scheduled,
     Signal,
+    SlotCame,
     Spawned,
     SpawnFailed,
     Start,
@@ -42,10 +43,20 @@ from filerexec.jobstate import (
     Timing,
     Vanished,
     Version,
+    begin_kill,
 )
 from filerexec.retry import attempt_text, retry_delay
+from filerexec.schedule import duration as _duration
+from filerexec.slots import (
+    FIRST_SLOT,
+    FREE_SLOT,
+    request,
+    resting,
+    slot_idle,
+    slot_running,
+    slot_waiting,
+)
 
-FREE_SLOT = "waiting for a free slot"  # a due job's reason
 HELD = "waiting: "  # heads the reason of a due job the host holds back (a drain, safe mode)
 
 __all__ = [
@@ -81,7 +92,11 @@ _TIMING = Timing()
 def transition(job: Job, event: Event, timing: Timing = _TIMING) -> Result:
     """Apply one event to one job: the new job and the actions to carry out."""
     handler = TABLE.get((phase(job), type(event)), _ignore)
-    return handler(job, event, timing)
+    job, actions = handler(job, event, timing)
+    if isinstance(event, Tick) and _passed(job.next_run, event.now):
+        job, more = TABLE[(phase(job), SlotCame)](job, SlotCame(event.now), timing)
+        actions = [*actions, *more]
+    return job, actions
 
 
 def _ignore(job: Job, event: Event, timing: Timing) -> Result:
@@ -99,6 +114,8 @@ def _resting_state(job: Job) -> tuple[State, str]:
     """The state a job without a run request shows: its last run's outcome."""
     if job.run and job.run.outcome:
         return job.run.outcome, job.run.reason or ""
+    if job.state is State.SCHEDULED:
+        return State.SCHEDULED, FIRST_SLOT
     return State.STOPPED, "not started"
 
 
@@ -116,8 +133,9 @@ def _read_idle(job: Job, event: Event, timing: Timing) -> Result:
     # Waiting to retry this version: a re-read (a touch, a restart) keeps it waiting.
     retrying = job.state is State.PENDING and job.attempt > 1 and job.run is not None \
         and job.run.digest == v.digest
-    retry_at = job.retry_at
-    job = replace(job, version=v, missing_since=None, deleted=None, queued=None, retry_at=None)
+    retry_at, next_run = job.retry_at, job.next_run
+    job = replace(job, version=v, missing_since=None, deleted=None, queued=None, retry_at=None,
+                  next_run=None)
     if v.readiness is Readiness.OTHER_HOST:
         return _gone(job, now, "the job is now addressed to other hosts"), []
     if v.readiness is Readiness.NOT_READY:
@@ -131,16 +149,19 @@ def _read_idle(job: Job, event: Event, timing: Timing) -> Result:
         job = replace(job, state=State.STOPPED, reason="operation: stop", last_operation="stop")
         return job, []
     if retrying:
-        return replace(job, retry_at=retry_at), []
+        return replace(job, retry_at=retry_at, next_run=resting(job, next_run, now)), []
     if still_due or _is_request(job, v):
-        job = job if still_due else replace(job, attempt=1)
         # last_operation stays as it was until the launch: a stop→start request
         # must survive an invalid edit or a restart before it runs.
         if _expired(v, now):
             return _expire(job, v), []
-        return replace(job, state=State.PENDING, reason=FREE_SLOT), []
+        if still_due:
+            job = replace(job, state=State.PENDING, reason=FREE_SLOT)
+            return replace(job, next_run=resting(job, next_run, now)), []
+        return request(replace(job, attempt=1), v, now), []
     state, reason = _resting_state(job)
-    return replace(job, state=state, reason=reason, last_operation="start"), []
+    job = replace(job, state=state, reason=reason, last_operation="start")
+    return replace(job, next_run=resting(job, next_run, now)), []
 
 
 def _expire(job: Job, v: Version) -> Job:
@@ -156,13 +177,13 @@ def _read_running(job: Job, event: Event, timing: Timing) -> Result:
     v, now, running_digest = event.version, event.now, job.run.digest
     job = replace(job, version=v, missing_since=None, deleted=None)
     if v.readiness is Readiness.OTHER_HOST:
-        return _begin_kill(job, now, "the job is now addressed to other hosts")
+        return begin_kill(job, now, "the job is now addressed to other hosts")
     if v.readiness is not Readiness.VALID or v.spec is None:
         # An invalid or unreadable edit never kills: show it beside the running state.
         return replace(job, reason=f"running; the edited file is not usable: {v.problem}"), []
     if v.spec.operation == "stop":
-        job = replace(job, last_operation="stop", queued=None)
-        return _begin_kill(job, now, "stopped by operation: stop")
+        job = replace(job, last_operation="stop", queued=None, next_run=None)
+        return begin_kill(job, now, "stopped by operation: stop")
     queued = v if _is_request(job, v) and v.digest != running_digest else None
     job = replace(job, queued=queued, last_operation="start")
     return replace(job, reason="running; an edited version waits" if queued else "running"), []
@@ -179,7 +200,7 @@ def _read_stopping(job: Job, event: Event, timing: Timing) -> Result:
     if v.readiness is not Readiness.VALID or v.spec is None:
         return job, []  # an unusable edit neither kills nor cancels what is queued
     if v.spec.operation == "stop":
-        return replace(job, queued=None, last_operation="stop"), []
+        return replace(job, queued=None, last_operation="stop", next_run=None), []
     return replace(job, queued=v if _is_request(job, v) else None), []
 
 
@@ -212,10 +233,11 @@ def _tick_running(job: Job, event: Event, timing: Timing) -> Result:
     assert isinstance(event, Tick) and job.run is not None
     now, run = event.now, job.run
     if _deletion_confirmed(job, now, timing):
-        job = replace(job, deleted=now, version=None, queued=None, missing_since=None)
-        return _begin_kill(job, now, "job file deleted")
+        job = replace(job, deleted=now, version=None, queued=None, missing_since=None,
+                      next_run=None)
+        return begin_kill(job, now, "job file deleted")
     if run.timeout is not None and _passed(_timeout_due(job), now):
-        return _begin_kill(job, now, f"timeout: ran longer than {_duration(run.timeout)}")
+        return begin_kill(job, now, f"timeout: ran longer than {_duration(run.timeout)}")
     return job, []
 
 
@@ -223,7 +245,8 @@ def _tick_stopping(job: Job, event: Event, timing: Timing) -> Result:
     assert isinstance(event, Tick) and job.kill is not None and job.run is not None
     now, kill, run = event.now, job.kill, job.run
     if _deletion_confirmed(job, now, timing):
-        job = replace(job, deleted=now, version=None, queued=None, missing_since=None)
+        job = replace(job, deleted=now, version=None, queued=None, missing_since=None,
+                      next_run=None)
     if _passed(_escalation_due(job, timing), now):
         job = replace(job, kill=replace(kill, escalated=True))
         return job, [Signal(job.name, run, force=True)]
@@ -266,7 +289,8 @@ def next_due(job: Job, timing: Timing, now: float) -> float | None:
     loop with no change elsewhere. A time at or before ``now`` means "tick it now".
     """
     times = (_deletion_due(job, timing), _escalation_due(job, timing), _timeout_due(job),
-             _expiry_due(job), job.retry_at if job.state is State.PENDING else None)
+             _expiry_due(job), job.retry_at if job.state is State.PENDING else None,
+             job.next_run)
     return min((t for t in times if t is not None), default=None)
 
 
@@ -291,18 +315,12 @@ def _gone(job: Job, now: float, reason: str | None) -> Job:
         started_digest=None,
         last_operation=None,
         retry_at=None,
+        next_run=None,
     )
 
 
 def _sweep(job: Job) -> list[Action]:
     return [Sweep(job.name, job.run.run_id)] if job.run is not None else []
-
-
-def _begin_kill(job: Job, now: float, reason: str) -> Result:
-    assert job.run is not None
-    run = job.run
-    job = replace(job, kill=Kill(reason, since=now), reason=f"stopping: {reason}")
-    return job, [Signal(job.name, run, force=False)]
 
 
 def _held(job: Job, event: Event, timing: Timing) -> Result:
@@ -320,7 +338,8 @@ def _launch(job: Job, event: Event, timing: Timing) -> Result:
     if not job.due or job.version is None or job.version.spec is None:
         return job, []
     spec = job.version.spec
-    run = Run(event.run_id, spec.digest, started=event.now, timeout=spec.timeout)
+    run = Run(event.run_id, spec.digest, started=event.now, timeout=spec.timeout,
+              slot=job.slot if spec.schedule else None)
     job = replace(
         job,
         state=State.RUNNING,
@@ -329,6 +348,7 @@ def _launch(job: Job, event: Event, timing: Timing) -> Result:
         started_digest=spec.digest,
         last_operation="start",
         runs=job.runs + 1,
+        slot=None,
     )
     return job, [Start(job.name, event.run_id, spec)]
 
@@ -386,7 +406,9 @@ def _finish(job: Job, now: float, code: int | None, outcome: State, reason: str)
         job = replace(job, version=queued, queued=None, attempt=1)
         if _expired(queued, now):
             return _expire(job, queued), []
-        return replace(job, state=State.PENDING, reason=FREE_SLOT), []
+        if queued.digest == run.digest and job.next_run is not None:  # overlap: queue or kill
+            return replace(job, state=State.PENDING, reason=FREE_SLOT, slot=now), []
+        return request(job, queued, now), []
     return _retry(job, now, code, outcome), []
 
 
@@ -406,14 +428,6 @@ def _retry(job: Job, now: float, code: int | None, outcome: State) -> Job:
     return replace(job, state=State.PENDING, reason=reason, attempt=attempt, retry_at=now + delay)
 
 
-def _duration(seconds: float) -> str:
-    if seconds >= 3600 and seconds % 3600 == 0:
-        return f"{seconds / 3600:g}h"
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{seconds / 60:g}m"
-    return f"{seconds:g}s"
-
-
 _P = Phase
 TABLE: dict[tuple[Phase, type], Handler] = {
     (_P.IDLE, FileRead): _read_idle,
@@ -430,6 +444,10 @@ TABLE: dict[tuple[Phase, type], Handler] = {
     (_P.STOPPING, Tick): _tick_stopping,
     (_P.WAITING, Launch): _launch,
     (_P.WAITING, Held): _held,
+    (_P.IDLE, SlotCame): slot_idle,
+    (_P.WAITING, SlotCame): slot_waiting,
+    (_P.RUNNING, SlotCame): slot_running,
+    (_P.STOPPING, SlotCame): slot_waiting,
     (_P.RUNNING, Spawned): _spawned,
     (_P.STOPPING, Spawned): _spawned,
     (_P.RUNNING, Scheduled): _scheduled,

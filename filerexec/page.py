@@ -25,7 +25,7 @@ COLOURS = {  # a state's colour; the word is always there too (colour is never t
     State.PENDING: "#8a6d00", State.RUNNING: "#0055cc", State.SUCCEEDED: "#1a7f37",
     State.FAILED: "#c62828", State.KILLED: "#b3261e", State.STOPPED: "#5f6368",
     State.EXPIRED: "#7b5800", State.INVALID: "#a8326d", State.REJECTED: "#a8326d",
-    State.LOST: "#6a1b9a",
+    State.LOST: "#6a1b9a", State.SCHEDULED: "#0055cc",
 }
 
 _CSS = """\
@@ -97,6 +97,7 @@ def _job(job: Job, log: bytes) -> str:
                  ("finished", _when(timestamp(run.finished))),
                  ("took", duration(run.finished - run.started) if run.finished else "")]
     rows.append(("runs", str(job.runs)))
+    rows.append(("next run", _when(timestamp(job.next_run))))  # every: / cron: (issue 16)
     cells = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows if v)
     lines = last_lines(log)
     pre = f'<pre title="{escape(log_name(job.name))}">{escape(lines)}</pre>' if lines else ""

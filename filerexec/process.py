@@ -15,7 +15,7 @@ code — so the code survives a daemon restart without a Python interpreter per 
 - Every job process carries ``FILEREXEC_RUN_ID``; on Linux ``terminate``/``kill``
   also signal processes with that run id that left the group (setsid, double fork).
 
-Windows: the job's shell runs in a new process group and ``taskkill /T /F`` ends
+Windows: the job's shell runs in a new process group and ``winproc.kill_tree`` ends
 the tree; there is no waiting parent, so only ``Child.wait`` (the daemon's waiter
 thread) writes the exit file: a job that ends while the daemon is down has no
 recorded code there and becomes ``lost``. ``terminate`` is ``kill`` on Windows
@@ -36,6 +36,8 @@ from pathlib import Path, PureWindowsPath
 from typing import Any, Protocol
 
 import psutil
+
+from filerexec import winproc
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +112,11 @@ class Child:
         return None if self._popen.poll() is None else self.wait()
 
 
+def default_shell() -> str:
+    """The shell of a job that names none, where the host's config names none either."""
+    return "cmd.exe" if _NT else "/bin/sh"
+
+
 def script(commands: tuple[str, ...], shell: str | None) -> list[str]:
     """The argv that runs ``commands`` in order in one shell, stopping at the first failure.
 
@@ -119,7 +126,7 @@ def script(commands: tuple[str, ...], shell: str | None) -> list[str]:
     script with its own code and later lines do not run.
     """
     items = [c for c in commands if c.strip()]
-    name = shell or ("cmd.exe" if _NT else "/bin/sh")
+    name = shell or default_shell()
     kind = _kind(name)
     if kind == "cmd":
         return [name, "/d", "/s", "/c", " && ".join(items)]
@@ -319,17 +326,11 @@ def _nt_command_line(argv: list[str]) -> str:
     return subprocess.list2cmdline(argv)
 
 
-def _nt_taskkill_argv(pid: int, system_root: str) -> list[str]:
-    # By absolute path: a taskkill.exe on PATH or in the current folder must not run as us.
-    exe = PureWindowsPath(system_root, "System32", "taskkill.exe")
-    return [str(exe), "/T", "/F", "/PID", str(pid)]
-
-
 def _nt_taskkill(handle: Handle) -> None:
     if alive(handle):
-        argv = _nt_taskkill_argv(handle.pid, os.environ.get("SYSTEMROOT", r"C:\Windows"))
-        subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, check=False, timeout=30)
+        failed = winproc.kill_tree(handle.pid, os.environ.get("SYSTEMROOT", r"C:\Windows"))
+        if failed:
+            logger.error("could not kill pid %d: %s", handle.pid, failed)
 
 
 def run_tool(argv: list[str]) -> int:
@@ -342,6 +343,27 @@ def run_tool(argv: list[str]) -> int:
     except OSError as e:
         logger.error("cannot run %s: %s", argv[0], e.strerror or e)
         return 127
+
+
+def run_hook(argv: list[str], env: Mapping[str, str], timeout: float) -> tuple[int, str]:
+    """Run a notification program (a ``command:`` target) to its end: exit code, output.
+
+    Its own session, so a timeout kills whatever it started too; OSError if it cannot start.
+    """
+    kwargs: dict[str, Any] = ({"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
+                              if sys.platform == "win32" else {"start_new_session": True})
+    with subprocess.Popen(argv, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs) as proc:
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            if sys.platform == "win32":
+                proc.kill()
+            else:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return -9, f"killed after {timeout:g}s"
+    return proc.returncode, out.decode("utf-8", "replace")[-500:].strip()
 
 
 class Started(Protocol):

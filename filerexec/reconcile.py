@@ -230,7 +230,7 @@ class Reconciler:
     def _read(self, name: str, info: FileStat, now: float) -> Version:
         mtime = info.mtime_ns / 1e9
         try:
-            data = read_job_file(info, self.settings.max_job_bytes)
+            data = read_job_file(info, self.settings.max_job_bytes, self.settings.jobs_dir)
         except Refused as e:
             return Version(Readiness.INVALID, problem=f"refused: {e}", mtime=mtime, seen=now)
         except (NotReady, OSError) as e:

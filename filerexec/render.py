@@ -18,6 +18,7 @@ import yaml
 from filerexec import APP
 from filerexec.machine import Job, State
 from filerexec.retry import attempt_text
+from filerexec.schedule import Schedule
 
 try:
     from yaml import CSafeDumper as _Dumper
@@ -56,6 +57,8 @@ def job_status(job: Job, host: str, conflicts: Iterable[str] = ()) -> dict[str, 
         "runs": job.runs,
         "attempt": attempt_text(version.spec.retry if version and version.spec else None,
                                 job.attempt),
+        "next": timestamp(job.next_run),
+        "schedule": schedule.words() if (schedule := _schedule(job)) else None,
         "queued": job.queued.digest[:12] if job.queued and job.queued.digest else None,
         "deleted": timestamp(job.deleted),
         "conflicts": sorted(conflicts) or None,
@@ -64,6 +67,10 @@ def job_status(job: Job, host: str, conflicts: Iterable[str] = ()) -> dict[str, 
     if job.running and run is not None and run.waiting is not None and not job.kill:
         doc["state"], doc["reason"] = State.PENDING.value, run.waiting  # in a scheduler's queue
     return {k: v for k, v in doc.items() if v is not None}
+
+
+def _schedule(job: Job) -> Schedule | None:
+    return job.version.spec.schedule if job.version and job.version.spec else None
 
 
 def log_name(name: str) -> str:
@@ -99,8 +106,8 @@ def render_index(jobs: Iterable[Job], host: str, now: float,
         *([f"Labels: {', '.join(labels)}.", ""] if labels else []),
         f"Updated {timestamp(now)}.",
         "",
-        "| job | state | since | exit | sync → start |",
-        "|---|---|---|---|---|",
+        "| job | state | since | exit | sync → start | next |",
+        "|---|---|---|---|---|---|",
     ]
     if len(cache) > len(entries):  # forget jobs that are gone
         names = {e[0].name for e in entries}
@@ -115,7 +122,8 @@ def _row(job: Job) -> str:
     code = job.run.exit_code if job.run and job.run.exit_code is not None else ""
     state = job.state.value + (" (deleted)" if job.deleted else "")
     when = (timestamp(since(job)) or "").replace("T", " ")
-    return f"| {_cell(job.name)} | {state} | {when} | {code} | {delays(job)} |"
+    after = (timestamp(job.next_run) or "").replace("T", " ")
+    return f"| {_cell(job.name)} | {state} | {when} | {code} | {delays(job)} | {after} |"
 
 
 def delays(job: Job) -> str:
@@ -187,6 +195,7 @@ class HostFacts:
     pid: int
     started: float
     watcher: str
+    shell: str = "/bin/sh"  # of jobs that name none: what `submit` quotes words for
     last_scan: float | None = None
     spool_problem: str | None = None  # why jobs/ cannot be listed ("spool unavailable")
     ledger_problem: str | None = None
@@ -194,6 +203,7 @@ class HostFacts:
     stopping: bool = False
     warnings: tuple[str, ...] = ()
     refused: Mapping[str, str] = field(default_factory=dict)
+    notify: tuple[tuple[str, str], ...] = ()  # failing notification targets: last error
     labels: tuple[str, ...] = ()
     drain: str | None = None  # "draining" while runs finish, then "drained"
     syncthing: Mapping[str, str] | None = None  # the scan requests' state (syncthing.py)
@@ -228,6 +238,7 @@ def host_document(facts: HostFacts, now: float) -> dict[str, Any]:
         "updated": timestamp(now),
         "last_scan": timestamp(facts.last_scan),
         "watcher": facts.watcher,
+        "shell": facts.shell,
     }
     if facts.labels:
         doc["labels"] = list(facts.labels)
@@ -239,6 +250,8 @@ def host_document(facts: HostFacts, now: float) -> dict[str, Any]:
                              "; `filerexec resume` ends it")
     if facts.warnings:
         doc["warnings"] = list(facts.warnings)
+    if facts.notify:
+        doc["notify"] = dict(facts.notify)
     if facts.syncthing is not None:
         doc["syncthing"] = dict(facts.syncthing)
     if facts.refused:  # names with no status file of their own

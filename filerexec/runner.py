@@ -94,8 +94,10 @@ class LocalRunner:
     """Runs on this host: a process group per run, its output straight into a file."""
 
     def __init__(self, runs_dir: Path, host: str, wake: Callable[[], None],
-                 procs: process.Api = process, keep: int = DEFAULTS["log_cap"]) -> None:
+                 procs: process.Api = process, keep: int = DEFAULTS["log_cap"],
+                 shell: str | None = None) -> None:
         self.runs_dir = runs_dir
+        self.shell = shell  # of jobs that name none (None: process.default_shell())
         self.host = host
         self._trimmer = Trimmer(keep)  # a job printing without end must not fill the disk
         self.procs = procs  # the process API: the real module, or a test's fake
@@ -103,6 +105,13 @@ class LocalRunner:
         self._children: dict[str, process.Started] = {}  # run id → child we spawned
         self._waiters = _Waiters(self._wait_child)
         self._next_adopted_poll = 0.0
+
+    @classmethod
+    def serving(cls, settings: Settings, wake: Callable[[], None],
+                procs: process.Api = process) -> LocalRunner:
+        """The runner of a daemon with these settings: raw output in STATE/runs/."""
+        return cls(settings.state_dir / "runs", settings.host, wake, procs, settings.log_cap,
+                   settings.shell)
 
     def open(self) -> None:
         self.runs_dir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +140,8 @@ class LocalRunner:
         spec, run_id = action.spec, action.run_id
         env = {**dict(spec.env), "FILEREXEC_JOB": action.name, "FILEREXEC_HOST": self.host}
         launch = process.Launch(
-            run_id=run_id, commands=spec.commands, shell=spec.shell, cwd=spec.cwd, env=env,
+            run_id=run_id, commands=spec.commands, shell=spec.shell or self.shell, cwd=spec.cwd,
+            env=env,
             stdout=spec.stdout, stderr=spec.stderr,
             output_path=self.output_path(run_id), exit_path=self.exit_path(run_id),
         )

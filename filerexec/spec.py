@@ -24,6 +24,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from filerexec import characters, speckeys
 from filerexec.retry import RetryPolicy
+from filerexec.schedule import Schedule
 
 try:
     from yaml import CSafeLoader as _BaseLoader
@@ -81,6 +82,11 @@ class JobSpec:
     otp: str | None = None  # a one-time code from a phone (signing.py); not in the digest
     retry: RetryPolicy | None = None  # DESIGN §10, from speckeys.py
     slurm: tuple[tuple[str, str], ...] = ()  # what sbatch is asked for (DESIGN §11)
+    every: float | None = None
+    cron: str | None = None
+    timezone: str | None = None
+    catch_up: str = "latest"
+    overlap: str = "skip"
     digest: str = ""
 
     def __post_init__(self) -> None:
@@ -94,6 +100,11 @@ class JobSpec:
             return True
         wanted = {h.casefold() for h in self.hosts}
         return any(n.casefold() in wanted for n in (host, *labels))
+
+    @property
+    def schedule(self) -> Schedule | None:
+        """When its slots come, for a job with ``every:`` or ``cron:``; None for a one-off."""
+        return speckeys.schedule(self)
 
     @property
     def short_digest(self) -> str:
@@ -546,7 +557,8 @@ def _job(root: Node | None, name: str) -> JobSpec:
     if root is None or (isinstance(root, ScalarNode) and root.tag == _NULL):
         raise SpecError("the file is empty: write the command to run, e.g. `commands: df -h`")
     values: dict[str, Any] = {}
-    for key, node in _settings(root).items():
+    settings = _settings(root)
+    for key, node in settings.items():
         field, convert, what, hint = _FIELDS[key]
         if found := characters.problem(key, node):  # what YAML's escapes wrote
             raise _error(found[1], found[0], found[2])
@@ -560,6 +572,10 @@ def _job(root: Node | None, name: str) -> JobSpec:
             if isinstance(exc, SpecError) and exc.line is not None:
                 raise
             raise _error(f"`{key}` must be {what}, not {_describe(node)}", node, hint) from None
+    try:
+        speckeys.check_together(values, settings)
+    except speckeys.NodeError as exc:
+        raise _error(exc.message, exc.node, exc.hint) from None
     return JobSpec(name=name, **values)
 
 

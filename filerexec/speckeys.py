@@ -16,10 +16,12 @@ from typing import Any
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from filerexec.retry import TIMEOUT, RetryPolicy
+from filerexec.schedule import CATCH_UP, OVERLAP, Schedule, cron_expression
 from filerexec.slurmspec import JOB_KEYS as SLURM_KEYS
 from filerexec.slurmspec import time_limit
 
 _NULL = "tag:yaml.org,2002:null"
+_CRON_HINT = "five fields: minute hour day month weekday, e.g. \"0 3 * * 1-5\", or @daily"
 _RETRY_HINT = "write e.g. `retry: 2`, or `retry: {max: 2, on: [1, timeout], delay: 30s}`"
 
 
@@ -132,11 +134,73 @@ def slurm(key: str, node: Node) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(found.items()))
 
 
+def _every(key: str, node: Node) -> float:
+    from filerexec.spec import parse_duration  # spec.py imports this module
+
+    seconds = parse_duration(_text(node))
+    if seconds < 1:
+        raise ValueError("shorter than a second")
+    return seconds
+
+
+def _cron(key: str, node: Node) -> str:
+    try:
+        return cron_expression(_text(node))
+    except ValueError as e:
+        raise NodeError(f"`{key}`: {e}", node, _CRON_HINT) from None
+
+
+def _timezone(key: str, node: Node) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    name = _text(node)
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise NodeError(f"`{key}`: there is no time zone {name!r}", node,
+                        "write a zone such as Europe/Zurich, America/New_York or UTC") from None
+    return name
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str, Node], str]:
+    def convert(key: str, node: Node) -> str:
+        value = _text(node).casefold()
+        if value not in choices:
+            raise ValueError(f"not one of {choices}")
+        return value
+    return convert
+
+
+def check_together(values: dict[str, Any], nodes: dict[str, Node]) -> None:
+    """What one key says about another: one schedule, and its settings only with one."""
+    if "every" in values and "cron" in values:
+        raise NodeError("a job has `every:` or `cron:`, not both", nodes["cron"],
+                        "remove one of them")
+    scheduled = "every" in values or "cron" in values
+    for key in ("timezone", "catch_up", "overlap"):
+        if key in values and not scheduled:
+            raise NodeError(f"`{key}` is for a job with `every:` or `cron:`", nodes[key],
+                            "add `every: 1h` or `cron: \"0 3 * * *\"`, or remove it")
+    if "timezone" in values and "every" in values:
+        raise NodeError("`timezone` is for `cron:` times; `every:` counts seconds",
+                        nodes["timezone"], "remove it")
+
+
+def schedule(spec: Any) -> Schedule | None:
+    """A JobSpec's schedule, or None."""
+    if spec.every is None and spec.cron is None:
+        return None
+    return Schedule(spec.every, spec.cron, spec.timezone, spec.catch_up, spec.overlap)
+
+
 def digest_parts(spec: Any) -> dict[str, Any]:
-    """The §10 and §11 keys' part of a JobSpec's digest: only those set, so that a job
-    without them keeps the digest it always had."""
+    """The §10 and §11 keys' part of a JobSpec's digest: only those set, so that a job without
+    them keeps the digest it always had."""
+    sched = schedule(spec)
     parts = {"retry": spec.retry.canonical() if spec.retry is not None else None,
-             "slurm": sorted(spec.slurm) or None}
+             "slurm": sorted(spec.slurm) or None,
+             "schedule": None if sched is None else [sched.every, sched.cron, sched.timezone,
+                                                      sched.catch_up, sched.overlap]}
     return {key: value for key, value in parts.items() if value is not None}
 
 
@@ -145,4 +209,9 @@ FIELDS: dict[str, tuple[str, Callable[[str, Node], Any], str, str | None]] = {
     "retry": ("retry", retry, "a number of retries, or {max, on, delay, backoff}", _RETRY_HINT),
     "slurm": ("slurm", slurm, "a mapping of sbatch settings",
               "write e.g. `slurm: {partition: gpu, cpus: 4}`"),
+    "every": ("every", _every, "a duration of a second or more", "write e.g. 30s, 15m, 2h, 1d"),
+    "cron": ("cron", _cron, "a cron expression", _CRON_HINT),
+    "timezone": ("timezone", _timezone, "a time zone", "e.g. Europe/Zurich"),
+    "catch_up": ("catch_up", _one_of(CATCH_UP), "latest or none", None),
+    "overlap": ("overlap", _one_of(OVERLAP), "skip, queue or kill", None),
 }

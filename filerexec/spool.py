@@ -22,12 +22,13 @@ _classify = functools.lru_cache(maxsize=65536)(classify)
 
 # When two files name one job (backup.yaml and backup.yml), the first suffix wins.
 _SUFFIX_RANK = (".yaml", ".yml", ".yaml.txt", ".yml.txt")
+_NT = os.name == "nt"
 
 EXAMPLE_JOB = """\
 # A filerexec job: drop a file like this into jobs/ and the host runs it.
 # Delete the file to kill the job. Results appear in status/HOST/.
-commands: echo "hello from $(hostname)"; uptime
-"""
+commands: """ + ("echo hello from %COMPUTERNAME% & ver\n" if os.name == "nt"
+                 else 'echo "hello from $(hostname)"; uptime\n')
 
 
 def init(spool: Path) -> list[Path]:
@@ -167,7 +168,9 @@ def _walk(folder: Folder, entries: Iterator[os.DirEntry[str]], where: str, prefi
     for entry in entries:
         rel, path = prefix + entry.name, where + os.sep + entry.name
         try:
-            st = entry.stat(follow_symlinks=False)
+            # Windows' DirEntry.stat() leaves st_ino and st_nlink 0: the read's fstat would
+            # never match it. lstat there is what stat_file and the read see.
+            st = os.lstat(path) if _NT else entry.stat(follow_symlinks=False)
         except FileNotFoundError:
             continue  # vanished between listing and stat
         except OSError as e:
@@ -254,19 +257,32 @@ def stat_file(jobs_dir: Path, path: str) -> tuple[str, FileStat] | None:
 
 def _lstat_below(jobs_dir: Path, parts: list[str]) -> os.stat_result:
     """The stat of ``jobs_dir/parts…``, reached without following a link on the way."""
-    folder = _open_top(jobs_dir) if _BY_FD else None
+    folder = _open_parent(jobs_dir, parts)
+    if not isinstance(folder, int):
+        return os.lstat(os.path.join(jobs_dir, *parts))
+    try:
+        return os.stat(parts[-1], dir_fd=folder, follow_symlinks=False)
+    finally:
+        os.close(folder)
+
+
+def _open_parent(jobs_dir: Path, parts: list[str]) -> Folder:
+    """The folder holding ``jobs_dir/parts…``, reached without following a link: a
+    descriptor, or (where descriptors cannot be walked) its path, each folder checked."""
+    folder = _open_top(jobs_dir)
     if not isinstance(folder, int):
         for i in range(len(parts) - 1):
             _checked_dir(os.path.join(jobs_dir, *parts[: i + 1]))
-        return os.lstat(os.path.join(jobs_dir, *parts))
+        return os.path.join(jobs_dir, *parts[:-1])
     try:
         for part in parts[:-1]:
             below = os.open(part, _DIR_FLAGS, dir_fd=folder)
             os.close(folder)
             folder = below
-        return os.stat(parts[-1], dir_fd=folder, follow_symlinks=False)
-    finally:
+    except BaseException:
         os.close(folder)
+        raise
+    return folder
 
 
 def _rank(rel: str) -> int:
@@ -296,8 +312,12 @@ class Refused(Exception):
     """The file is not something a job may be read from (symlink, FIFO, too large…)."""
 
 
-def read_job_file(info: FileStat, max_bytes: int) -> bytes:
-    """Read a job file safely: never follow a link, never block on a FIFO, never read too much."""
+def read_job_file(info: FileStat, max_bytes: int, jobs_dir: Path | None = None) -> bytes:
+    """Read a job file safely: never follow a link, never block on a FIFO, never read too much.
+
+    With ``jobs_dir`` no folder between it and the file is followed if it is a link: a
+    folder swapped for a link since the listing cannot lead the read out of jobs/.
+    """
     mode = info.mode
     if stat.S_ISLNK(mode):
         raise Refused("it is a symbolic link; job files must be plain files")
@@ -310,14 +330,19 @@ def read_job_file(info: FileStat, max_bytes: int) -> bytes:
     if info.placeholder:
         raise NotReady("waiting for the sync client: the file is online-only (a placeholder); "
                        "make jobs/ always available on this device")
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    # O_BINARY: Windows would read in text mode (CRLF as LF: fewer bytes than st_size).
+    flags = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+             | getattr(os, "O_BINARY", 0))
     try:
-        fd = os.open(info.where, flags)
+        fd = _open_file(info.where, flags, jobs_dir)
+    except Unavailable as e:
+        raise NotReady(f"waiting for the spool: {e}") from e
     except PermissionError as e:
         raise NotReady("waiting for the sync client: the file cannot be read yet") from e
     except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise Refused("it is a symbolic link; job files must be plain files") from e
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):  # O_NOFOLLOW met a link (a folder's: ENOTDIR)
+            raise Refused("it or a folder above it is a symbolic link; job files must be "
+                          "plain files in plain folders") from e
         raise
     try:
         st = os.fstat(fd)
@@ -333,3 +358,16 @@ def read_job_file(info: FileStat, max_bytes: int) -> bytes:
     if len(data) != st.st_size:
         raise NotReady("waiting for the sync client: the file is still arriving")
     return data
+
+
+def _open_file(where: str, flags: int, jobs_dir: Path | None) -> int:
+    if jobs_dir is None:
+        return os.open(where, flags)
+    parts = os.path.relpath(where, jobs_dir).split(os.sep)
+    folder = _open_parent(jobs_dir, parts)
+    if not isinstance(folder, int):
+        return os.open(where, flags)
+    try:
+        return os.open(parts[-1], flags, dir_fd=folder)
+    finally:
+        os.close(folder)

@@ -10,7 +10,8 @@ in host.yaml) and retried with back-off.
 
 The REST address and API key come from the config (``syncthing: api, api_key``) or
 else from Syncthing's own ``config.xml``; the folder id from the config or else from
-``/rest/config/folders`` (the folder whose path holds the spool).
+``/rest/config/folders`` (the innermost folder whose path holds ``status/HOST/``: the
+spool's, or in the two-folder set-up ``SPOOL/status``).
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ class Api:
 
 def find_folder(folders: Any, spool: Path) -> tuple[str, Path]:
     """The id and path of the shared folder that holds ``spool`` (the innermost one)."""
-    spool = spool.resolve()
+    spool = spool.resolve(strict=False)
     best: tuple[str, Path] | None = None
     for folder in folders if isinstance(folders, list) else []:
         path = Path(os.path.expanduser(str(folder.get("path", "")))).resolve()
@@ -302,7 +303,7 @@ class Scanner:
             root = Path(os.path.expanduser(str(by_id[0].get("path", "")))).resolve()
             folder = self.config.folder
         else:
-            folder, root = find_folder(folders, self.status_dir.parent.parent)
+            folder, root = find_folder(folders, self.status_dir)  # SPOOL, or SPOOL/status
         try:
             sub = self.status_dir.resolve().relative_to(root).as_posix()
         except ValueError:

@@ -70,6 +70,18 @@ def host_docs(spool: Path, hosts: Iterable[str] | None = None) -> list[dict[str,
     return docs
 
 
+def host_shells(spool: Path, hosts: Iterable[str] | None = None) -> dict[str, str]:
+    """The shell each host runs jobs in that name none, as its host.yaml says (``submit``
+    quotes words for it); only the hosts ``hosts`` names or labels (ignoring case) if given."""
+    wanted = {h.casefold() for h in hosts} if hosts else None
+    shells = {}
+    for doc in host_docs(spool):
+        names = {str(doc["host"]).casefold(), *(str(x).casefold() for x in doc.get("labels") or [])}
+        if isinstance(doc.get("shell"), str) and (wanted is None or names & wanted):
+            shells[str(doc["host"])] = doc["shell"]
+    return shells
+
+
 def hosts_table(docs: list[dict[str, Any]]) -> str:
     """The hosts under ``status/``: name, state (serving, draining, …) and labels."""
     rows = [("HOST", "STATE", "LABELS")] + [

@@ -26,7 +26,7 @@ from filerexec.config import Settings
 from filerexec.daemon import Daemon
 from filerexec.machine import Job, State
 from filerexec.safefile import TEMP_PREFIX
-from filerexec.spool import MAX_PATH, Unavailable, list_jobs
+from filerexec.spool import MAX_PATH, Refused, Unavailable, list_jobs, read_job_file
 from filerexec.writer import StatusDir, StatusWriter
 from tests.conftest import Host, pid_alive
 from tests.dying_daemon import DieBeforeSpawn
@@ -136,6 +136,23 @@ def test_unreadable_sub_folder_is_refused_and_its_jobs_are_not_killed(host: Host
     wait_for(lambda: "refused" not in host.heartbeat(), what="team/ no longer refused")
     (team / "long.yaml").unlink()  # listed again: deleting it kills it, as ever
     assert host.wait_state("team/long", "killed")["reason"] == "job file deleted"
+
+
+def test_a_folder_swapped_for_a_link_after_the_listing_is_not_read_through(
+        tmp_path: Path) -> None:
+    jobs, outside = tmp_path / "jobs", tmp_path / "outside"
+    (jobs / "sub").mkdir(parents=True)
+    (jobs / "sub" / "x.yaml").write_text("commands: ls\n")
+    info = list_jobs(jobs).jobs["sub/x"]
+    (jobs / "sub").rename(outside)  # the very same file, now outside the spool
+    (jobs / "sub").symlink_to(outside)
+    assert read_job_file(info, 65536) == b"commands: ls\n"  # by path: through the link
+    with pytest.raises(Refused, match="folder above it is a symbolic link"):
+        read_job_file(info, 65536, jobs)
+    (jobs / "sub").unlink()
+    (jobs / "sub").mkdir()
+    with pytest.raises(FileNotFoundError):
+        read_job_file(info, 65536, jobs)
 
 
 def _nest(top: Path, depth: int, width: int) -> Path:

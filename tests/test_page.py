@@ -13,6 +13,7 @@ import pytest
 
 from filerexec.machine import Job, Run, State
 from filerexec.page import COLOURS, PAGE_JOBS, duration, last_lines, render_page
+from filerexec.render import timestamp
 from filerexec.writer import StatusDir
 from tests.conftest import Host
 from tests.util import wait_for
@@ -187,3 +188,10 @@ def test_the_page_fits_a_phone_in_chromium(host: Host, tmp_path: Path) -> None:
     assert "<script>document.body.remove()</script>" in text  # shown as text, not run
     assert "exit code 3" in text and "running" in text and "heartbeat" in text
     assert shot.stat().st_size > 10_000
+
+
+def test_a_scheduled_job_shows_its_next_run() -> None:
+    job = Job("tick", State.SCHEDULED, "waiting for its first slot", next_run=5000.0)
+    html = render_page([job, ended("once", 1000.0)], HOST_DOC, lambda name: b"")
+    assert f"<dt>next run</dt><dd>{timestamp(5000.0)!s}".replace("T", " ") in html
+    assert html.count("next run") == 1  # a job without a schedule has none

@@ -14,7 +14,7 @@ from typing import Any
 import psutil
 import pytest
 
-from filerexec import process
+from filerexec import process, winproc
 from filerexec.process import (
     Child,
     Handle,
@@ -301,7 +301,7 @@ def test_windows_command_line_and_taskkill() -> None:
     line = process._nt_command_line(["C:\\Windows\\cmd.exe", "/d", "/s", "/c", 'echo "a b"'])
     assert line == 'C:\\Windows\\cmd.exe /d /s /c "echo "a b""'
     assert process._nt_command_line(["pwsh", "-Command", "a b"]) == 'pwsh -Command "a b"'
-    assert process._nt_taskkill_argv(42, "C:\\Windows") == [
+    assert winproc.taskkill_argv(42, "C:\\Windows") == [
         "C:\\Windows\\System32\\taskkill.exe", "/T", "/F", "/PID", "42"]
 
 
@@ -324,8 +324,8 @@ def test_windows_terminate_and_kill_end_the_tree_with_taskkill_by_absolute_path(
     calls: list[list[str]] = []
     monkeypatch.setattr(process, "_NT", True)
     monkeypatch.setenv("SYSTEMROOT", r"D:\Win")
-    monkeypatch.setattr("filerexec.process.subprocess.run",
-                        lambda argv, **kw: calls.append(argv))
+    monkeypatch.setattr("filerexec.winproc.subprocess.run", lambda argv, **kw: calls.append(
+        argv) or subprocess.CompletedProcess(argv, 0, b"", b""))
     monkeypatch.setattr("filerexec.process.os.killpg", lambda *a: pytest.fail("killpg on Windows"))
     monkeypatch.setattr(process, "alive", lambda handle: handle.pid == 42)
     process.terminate(Handle(42, 1.0), "run")
@@ -341,3 +341,22 @@ def test_windows_child_wait_records_the_exit_code(
     with subprocess.Popen(["/bin/sh", "-c", "exit 7"]) as popen:
         assert process.Child(popen, Handle(popen.pid, 0.0), exit_path).wait(10) == 7
     assert process.read_exit(exit_path) == 7
+
+
+def test_windows_tree_kill_without_taskkill_ends_every_descendant(tmp_path: Path) -> None:
+    """Where taskkill fails (Wine 8 has no /T) the tree is walked by parent pid and ended."""
+    pids = tmp_path / "pids"
+    with subprocess.Popen(["/bin/sh", "-c", f"sleep 300 & echo $! >> {pids}; "
+                           f"(sleep 300 & echo $! >> {pids}; wait) & wait"]) as shell:
+        wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2, what="2 sleeps")
+        sleeps = [psutil.Process(int(p)) for p in pids.read_text().split()]
+        assert winproc.kill_tree(shell.pid, str(tmp_path / "no-windows")) is None
+        shell.wait(10)  # ended (by the kill, or as its children died first)
+        wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+                                 for p in sleeps), what="every sleep to be gone")
+
+
+def test_windows_tree_order_parents_before_children() -> None:
+    parents = {10: 1, 11: 10, 12: 11, 13: 10, 20: 1, 0: 0}
+    assert winproc.descendants(10, parents) == [11, 13, 12]
+    assert winproc.descendants(99, parents) == []

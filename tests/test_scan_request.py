@@ -165,7 +165,18 @@ def test_a_folder_not_shared_is_reported(fake: FakeSyncthing, spool: Path) -> No
     scanner.close()
     assert scanner.report() == {
         "state": "failing",
-        "reason": f"no Syncthing folder holds {spool.resolve()}: share it in Syncthing"}
+        "reason": f"no Syncthing folder holds {spool.resolve() / 'status' / 'h'}: "
+                  "share it in Syncthing"}
+
+
+def test_the_two_folder_set_up_scans_the_status_folder(fake: FakeSyncthing,
+                                                        spool: Path) -> None:
+    fake.folders = [{"id": "jobs", "path": str(spool / "jobs")},
+                    {"id": "status", "path": str(spool / "status")}]
+    scanner, _ = _scanner(SyncthingConfig(fake.url, KEY), spool)
+    scanner.request()
+    scanner.close()
+    assert fake.scans == [{"folder": "status", "sub": "h"}]
 
 
 def test_a_failure_is_retried_with_back_off_until_it_works(

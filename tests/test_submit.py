@@ -78,3 +78,36 @@ def test_nothing_to_run_is_a_usage_error(spool: Path, capsys: pytest.CaptureFixt
     err = capsys.readouterr().err
     assert "nothing to run" in err and "give the command as one line" in err
     assert not list((spool / "jobs").iterdir())
+
+
+def publish_host(spool: Path, host: str, shell: str) -> None:
+    (spool / "status" / host).mkdir(parents=True, exist_ok=True)
+    (spool / "status" / host / "host.yaml").write_text(yaml.safe_dump(
+        {"host": host, "state": "serving", "shell": shell}))
+
+
+def test_words_are_quoted_for_the_shell_the_host_published(
+        spool: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    publish_host(spool, "winpc", "cmd.exe")
+    publish_host(spool, "nas", "/bin/sh")
+    doc = submit(spool, "w", "python", "-c", "import sys; sys.exit(4)", extra=("--host", "WinPC"))
+    assert doc == {"commands": 'python -c ^"import sys; sys.exit^(4^)^"', "host": "WinPC"}
+    assert submit(spool, "n", "echo", "a b", extra=("--host", "nas"))["commands"] == "echo 'a b'"
+    # For every host, or for both: their shells differ, so no one quoting fits.
+    assert main(["submit", str(spool), "x", "--", "echo", "a b"]) == 2
+    assert "winpc: cmd.exe" in capsys.readouterr().err
+    assert submit(spool, "one", "echo a b")["commands"] == "echo a b"  # one word: as given
+    assert submit(spool, "s", "echo", "a b", extra=("--shell", "bash"))["commands"] == "echo 'a b'"
+
+
+def test_the_hosts_default_shell_runs_jobs_naming_none_and_is_published(
+        spool: Path, tmp_path: Path, _isolated_config: Path) -> None:
+    _isolated_config.write_text("shell: /bin/bash\n")
+    (spool / "jobs" / "b.yaml").write_text("commands: echo \"bash ${BASH_VERSION%%.*}\"\n")
+    (spool / "jobs" / "own.yaml").write_text("commands: echo \"[${BASH_VERSION}]\"\n"
+                                             "shell: /bin/sh\n")
+    status = serve_once(spool, tmp_path / "state")
+    assert (status / "b.log").read_text().startswith("bash ") and \
+        (status / "b.log").read_text() != "bash \n"
+    assert (status / "own.log").read_text() == "[]\n"  # a job's own shell: still its own
+    assert yaml.safe_load((status / "host.yaml").read_text())["shell"] == "/bin/bash"

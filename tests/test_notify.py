@@ -1,0 +1,248 @@
+"""Notifications (DESIGN §9): what is news, the event, each kind of target, and delivery
+through the ledger's outbox to real HTTP receivers on 127.0.0.1 — never lost, never
+blocking, retried while a receiver is down, surviving kill -9."""
+
+from __future__ import annotations
+
+import base64
+import email.header
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from filerexec import sender
+from filerexec.machine import Job, Readiness, Run, State, Version
+from filerexec.notify import (
+    Choice,
+    cap_tail,
+    command_env,
+    event_id,
+    is_news,
+    json_request,
+    kind,
+    make_event,
+    ntfy_request,
+    target_problems,
+    targets_for,
+    trial_event,
+)
+from tests.conftest import Host
+from tests.receiver import Receiver, free_port
+from tests.util import wait_for
+
+ON = ("failed", "killed", "lost", "expired", "rejected")
+
+
+def ended(state: State = State.FAILED, code: int = 3, run_id: str = "r1") -> Job:
+    run = Run(run_id, "ab" * 32, started=1000.0, finished=1002.5, exit_code=code, outcome=state)
+    return Job("backup", state=state, reason=f"exit code {code}", run=run, runs=2)
+
+
+def test_only_a_job_coming_to_rest_is_news() -> None:
+    job = ended()
+    assert is_news(None, job)
+    assert is_news((State.RUNNING, "r1"), job)
+    assert not is_news((State.FAILED, "r1"), job)  # committed again: no second event
+    assert is_news((State.FAILED, "r0"), job)  # the next run failing too is news
+    assert not is_news(None, Job("x", state=State.RUNNING))
+    assert not is_news(None, Job("x", state=State.PENDING))
+
+
+def test_the_event_carries_the_fields_and_no_environment() -> None:
+    event = make_event(ended(), "office", "last line")
+    assert set(event) == {"id", "job", "host", "state", "reason", "exit_code", "started",
+                          "finished", "duration_s", "digest", "runs", "log_tail"}
+    assert (event["job"], event["host"], event["state"], event["exit_code"]) == (
+        "backup", "office", "failed", 3)
+    assert event["duration_s"] == 2.5 and event["runs"] == 2 and event["digest"] == "ab" * 6
+    assert event["id"] == event_id("office", ended()) != event_id("office", ended(run_id="r2"))
+    assert event_id("office", ended()) != event_id("home", ended())
+    invalid = Job("bad", state=State.INVALID, reason="line 1: no commands",
+                  version=Version(Readiness.INVALID, seen=5.0), run=ended().run)
+    event = make_event(invalid, "office", "")
+    assert event["exit_code"] is None and event["started"] is None  # the old run is not this
+
+
+def test_log_tail_is_capped_in_lines_and_bytes_and_can_be_off() -> None:
+    out = b"".join(b"line %d\n" % i for i in range(100))
+    assert cap_tail(out, 3) == "line 97\nline 98\nline 99"
+    assert len(cap_tail(b"x" * 100_000, 10).encode()) <= 2048
+    assert cap_tail(out, 0) == ""
+
+
+def test_targets_come_from_the_job_or_the_host_defaults() -> None:
+    job, known = ended(), ["phone", "ops"]
+    assert targets_for(job, Choice(), ["phone"], ON, known) == ["phone"]
+    assert targets_for(job, Choice(("ops",)), ["phone"], ON, known) == ["ops"]
+    assert targets_for(job, Choice(()), ["phone"], ON, known) == []  # notify: false
+    assert targets_for(ended(State.SUCCEEDED, 0), Choice(), ["phone"], ON, known) == []
+    assert targets_for(ended(State.SUCCEEDED, 0), Choice(on=("succeeded",)), ["phone"], ON,
+                       known) == ["phone"]
+    assert targets_for(job, Choice(), [], ON, known) == []  # notify_default: none
+
+
+def test_each_kind_of_url_is_addressed_as_its_receiver_expects() -> None:
+    event = make_event(ended(), "höst", "tail")
+    req = ntfy_request("ntfys://user:pa%20ss@ntfy.example.org/my-topic", event)
+    assert req.url == "https://ntfy.example.org/my-topic"
+    assert req.headers["Authorization"] == "Basic " + base64.b64encode(b"user:pa ss").decode()
+    assert email.header.decode_header(req.headers["Title"])[0][0] == \
+        "backup failed on höst".encode()
+    assert req.headers["Priority"] == "high" and req.body == b"exit code 3\n\ntail"
+    assert ntfy_request("ntfy://tk_abc@127.0.0.1:8080/t", event).headers[
+        "Authorization"] == "Bearer tk_abc"
+    assert ntfy_request("ntfys://just-a-topic", event).url == "https://ntfy.sh/just-a-topic"
+    req = json_request("json://127.0.0.1:9/hook?x=1", event)
+    assert req.url == "http://127.0.0.1:9/hook?x=1" and json.loads(req.body) == event
+    assert [kind(u) for u in ("NTFYS://a/b", "jsons://a", "command:/bin/x", "tgram://t/c")] == [
+        "ntfy", "json", "command", "apprise"]
+    assert command_env(event)["FILEREXEC_EXIT_CODE"] == "3"
+
+
+def test_set_up_problems_name_the_target() -> None:
+    problems = target_problems({"chat": "tgram://t/c", "phone": "ntfy://x/y"}, ["ghost"],
+                               apprise=False)
+    assert "pip install 'filerexec[notify]'" in problems["chat"]
+    assert "not a target" in problems["ghost"] and "phone" in problems["ghost"]
+    assert "phone" not in problems
+    assert target_problems({"chat": "tgram://t/c"}, [], apprise=True) == {}
+
+
+# --- sending to real receivers ------------------------------------------------------------
+
+
+def test_ntfy_and_json_reach_a_real_http_server() -> None:
+    event = make_event(ended(), "office", "the <last> line")
+    with Receiver() as r:
+        assert sender.send(r.url("ntfy", "/topic"), event).startswith("HTTP 200")
+        assert sender.send(r.url("json"), event).startswith("HTTP 200")
+    ntfy, hook = r.got
+    assert (ntfy.method, ntfy.path, ntfy.headers["Title"]) == ("POST", "/topic",
+                                                                "backup failed on office")
+    assert ntfy.headers["Content-Type"].startswith("text/plain")
+    assert ntfy.body.decode() == "exit code 3\n\nthe <last> line"
+    assert (hook.method, hook.path, hook.headers["Content-Type"]) == ("POST", "/hook",
+                                                                       "application/json")
+    assert hook.json() == event
+
+
+def test_a_receiver_error_is_a_delivery_error_with_its_answer() -> None:
+    with Receiver(status=503) as r, pytest.raises(sender.DeliveryError, match="HTTP 503"):
+        sender.send(r.url("json"), trial_event("h", 0.0))
+    with pytest.raises(sender.DeliveryError, match=r"cannot reach http://127\.0\.0\.1"):
+        sender.send(f"json://127.0.0.1:{free_port()}/hook?token=secret", trial_event("h", 0.0))
+
+
+def test_a_command_target_gets_the_event_in_variables(tmp_path: Path) -> None:
+    out = tmp_path / "env.json"
+    hook = tmp_path / "hook.py"
+    hook.write_text("import json, os, sys\n"
+                    f"json.dump(dict(os.environ), open({str(out)!r}, 'w'))\n"
+                    "print('took it')\n")
+    answer = sender.send(f"command:{sys.executable} {hook}", make_event(ended(), "h", "t"))
+    env = json.loads(out.read_text())
+    assert answer.endswith("took it")
+    assert (env["FILEREXEC_JOB"], env["FILEREXEC_STATE"], env["FILEREXEC_EXIT_CODE"]) == (
+        "backup", "failed", "3")
+    with pytest.raises(sender.DeliveryError, match="exited with 2"):
+        sender.send(f"command:{sys.executable} -c 'raise SystemExit(2)'", trial_event("h", 0.0))
+
+
+def test_apprise_sends_to_a_local_url() -> None:
+    assert sender.apprise_available(), "the test extras install Apprise"
+    event = make_event(ended(), "office", "tail")
+    with Receiver() as r:
+        assert "Apprise" in sender._apprise(r.url("json"), event)  # Apprise's own json://
+        assert "Apprise" in sender.send(r.url("form"), event)  # a scheme only Apprise knows
+    posted, form = r.got
+    assert posted.json()["title"] == "backup failed on office"
+    assert "exit code 3" in posted.json()["message"]
+    assert b"backup+failed+on+office" in form.body
+
+
+# --- the daemon: the outbox, delivery, restarts --------------------------------------------
+
+
+def configure(config: Path, targets: dict[str, str], **more: Any) -> None:
+    config.write_text(yaml.safe_dump({"notify": targets, "notify_default": list(targets),
+                                      "notify_retry": "0.2s", **more}))
+
+
+def events_of(r: Receiver) -> list[dict[str, Any]]:
+    return [got.json() for got in r.got]
+
+
+@pytest.mark.slow
+def test_a_failed_job_is_delivered_once_and_a_succeeded_one_not(
+        host: Host, _isolated_config: Path) -> None:
+    with Receiver() as hook, Receiver() as ntfy:
+        configure(_isolated_config, {"ops": hook.url("json"), "phone": ntfy.url("ntfy", "/t")})
+        host.start()
+        host.drop("ok.yaml", "commands: echo fine\n")
+        host.drop("bad.yaml", "commands: echo 'about to fail'; exit 3\n"
+                  "env: {SECRET_TOKEN: hunter2}\n")
+        host.wait_state("ok", "succeeded")
+        host.wait_state("bad", "failed")
+        wait_for(lambda: hook.got and ntfy.got, what="both targets to get the event")
+        host.stop()
+        host.start()  # a restart re-sends nothing: the outbox marked it sent
+        host.drop("worse.yaml", "commands: exit 4\n")
+        wait_for(lambda: len(hook.got) >= 2, what="the second failure's event")
+        host.stop()
+    events = events_of(hook)
+    assert [(e["job"], e["state"], e["exit_code"]) for e in events] == [
+        ("bad", "failed", 3), ("worse", "failed", 4)]
+    assert "about to fail" in events[0]["log_tail"]
+    assert "hunter2" not in json.dumps(events)  # the job printed it, but env is not sent
+    assert len(ntfy.got) == 2 and ntfy.got[0].headers["Title"] == "bad failed on testhost"
+
+
+@pytest.mark.slow
+def test_a_receiver_that_is_down_is_retried_shown_and_slows_no_job(
+        host: Host, _isolated_config: Path) -> None:
+    port = free_port()
+    configure(_isolated_config, {"ops": f"json://127.0.0.1:{port}/hook"})
+    host.start()
+    host.drop("bad.yaml", "commands: exit 3\n")
+    host.drop("next.yaml", "commands: echo still running jobs\n")
+    host.wait_state("bad", "failed")
+    host.wait_state("next", "succeeded")  # the failing target holds nothing up
+    shown = wait_for(lambda: host.heartbeat().get("notify"), what="host.yaml's notify:")
+    assert "cannot reach http://127.0.0.1" in shown["ops"] and "retrying" in shown["ops"]
+    with Receiver(port=port) as r:
+        wait_for(lambda: r.got, what="the event once the receiver is up")
+        wait_for(lambda: "notify" not in host.heartbeat(), what="host.yaml to clear notify:")
+    assert [e["job"] for e in events_of(r)] == ["bad"]
+
+
+@pytest.mark.slow
+def test_an_event_survives_kill_9_before_delivery(host: Host, _isolated_config: Path) -> None:
+    port = free_port()
+    configure(_isolated_config, {"ops": f"json://127.0.0.1:{port}/hook"})
+    host.start()
+    host.drop("bad.yaml", "commands: exit 3\n")
+    host.wait_state("bad", "failed")
+    wait_for(lambda: host.heartbeat().get("notify"), what="a failed delivery")
+    host.stop(signal.SIGKILL)  # the state is committed, the event not delivered
+    with Receiver(port=port) as r:
+        host.start()
+        wait_for(lambda: r.got, what="the event after the restart")
+        host.stop()
+    assert [(e["job"], e["state"]) for e in events_of(r)] == [("bad", "failed")]
+
+
+@pytest.mark.slow
+def test_a_target_needing_apprise_is_named_at_start(host: Host, _isolated_config: Path) -> None:
+    if sender.apprise_available():  # this test is about the message when it is missing
+        configure(_isolated_config, {"a": "ntfy://127.0.0.1:9/t"}, notify_default=["ghost"])
+    else:
+        configure(_isolated_config, {"chat": "tgram://token/chat"})
+    host.start()
+    shown = wait_for(lambda: host.heartbeat().get("notify"), what="host.yaml's notify:")
+    problem = next(iter(shown.values()))
+    assert "not a target" in problem or "needs Apprise" in problem

@@ -1,0 +1,55 @@
+"""The Windows stage: test modules run under the official Windows CPython in Wine.
+
+tests/wine.py prepares Wine's prefix and Windows Python (cached); each test here runs a set of
+modules with Windows pytest and fails with its output. Skipped only where Wine is not installed
+and ``FILEREXEC_REQUIRE_WINE`` is unset (``.ci/run`` installs Wine and sets it).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests import wine
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900),
+              pytest.mark.skipif(os.name == "nt", reason="this stage starts Windows from Linux")]
+
+# Modules whose every test applies to Windows, or skips with a reason there.
+PORTABLE = ("tests/test_spool.py", "tests/test_names.py", "tests/test_spec.py",
+            "tests/test_machine.py")
+# tests/test_windows.py (a real serve with cmd.exe jobs) passes when run alone under Wine
+# (python -m tests.wine -m pytest tests/test_windows.py) but failed once in this stage under
+# load: not in the stage until that is understood (issue 10).
+
+
+@pytest.fixture(scope="module")
+def winpy() -> wine.WinePython:
+    try:
+        return wine.prepare()
+    except wine.WineUnavailable as e:
+        if os.environ.get("FILEREXEC_REQUIRE_WINE"):
+            raise
+        pytest.skip(str(e))
+
+
+def run_pytest(winpy: wine.WinePython, *modules: str) -> None:
+    code, out = winpy.run("-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs",
+                          "-o", "addopts=", *modules)
+    assert code == 0, f"Windows pytest exited {code}:\n{out[-20000:]}"
+    assert " passed" in out, out[-5000:]
+
+
+def test_windows_python_is_the_official_cpython_under_wine(winpy: wine.WinePython) -> None:
+    code, out = winpy.run("-c", "import os, sys, filerexec; "
+                          "print(os.name, sys.version.split()[0], filerexec.__file__)")
+    assert code == 0, out
+    name, version, where = out.split()
+    assert (name, version) == ("nt", "3.11.9")
+    assert where == wine.windows_path(wine.ROOT / "filerexec" / "__init__.py")
+
+
+def test_portable_modules_pass_on_windows(winpy: wine.WinePython) -> None:
+    run_pytest(winpy, *PORTABLE)
+
