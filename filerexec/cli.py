@@ -186,6 +186,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="the job name (default: the path below jobs/, or the file name)")
     s.set_defaults(func=cmd_sign)
 
+    s = sub.add_parser("notify", help="send a test notification to the config's targets")
+    s.add_argument("action", choices=["test"])
+    s.add_argument("target", nargs="?", help="one target's name (default: every target)")
+    _config_flag(s)
+    s.set_defaults(func=cmd_notify)
+
     s = sub.add_parser("completion", help="print the shell completion script",
                        description="Print the completion script for SHELL: "
                        "commands, options, and job and host names from the spool.")
@@ -348,6 +354,34 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     print(config.describe(_effective(args)), end="")
     return OK
+
+
+def cmd_notify(args: argparse.Namespace) -> int:
+    """Send a test event to each target (or one) now, and say what each receiver answered."""
+    from filerexec import notify, sender  # only this command sends from the command line
+
+    values = config.resolve({}, args.config).values
+    targets: dict[str, str] = dict(values["notify"])
+    if args.target is not None and args.target not in targets:
+        known = ", ".join(sorted(targets)) or "none"
+        print(f"filerexec: no notification target {args.target!r} in the config file "
+              f"(targets: {known})", file=sys.stderr)
+        return USAGE
+    if not targets:
+        print("filerexec: no notification targets: add `notify:` to the config file "
+              "(README, Notifications)", file=sys.stderr)
+        return USAGE
+    event = notify.trial_event(values["host"], time.time())
+    code = OK
+    for name in [args.target] if args.target else sorted(targets):
+        try:
+            answer = sender.send(targets[name], event)
+        except sender.DeliveryError as e:
+            print(f"{name}: not sent: {e}", file=sys.stderr)
+            code = FAILURE
+        else:
+            print(f"{name}: sent{f' ({answer})' if answer else ''}")
+    return code
 
 
 def cmd_import(args: argparse.Namespace) -> int:

@@ -18,14 +18,14 @@ import yaml
 from tests.util import wait_for
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (scripts/test runs 4 workers), the long tests run one after another
-    on one worker, so they never compete with each other for the machine's cores, and fixed
-    resources a slow test starts once (a Syncthing pair, a Slurm cluster, a Wine prefix) are
-    never started twice at the same time; the short ones share out the other workers."""
-    for item in items:
-        if item.get_closest_marker("slow") or item.get_closest_marker("serial"):
-            item.add_marker(pytest.mark.xdist_group("serial"))
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Under pytest-xdist (scripts/test runs up to 4 workers), the long tests run one after
+    another on one worker, so they never compete with each other for the machine's cores, and
+    fixed resources a slow test starts once (a Syncthing pair, a Slurm cluster, a Wine prefix)
+    are never started twice at the same time; the short ones share out the other workers."""
+    if item.get_closest_marker("slow") or item.get_closest_marker("serial"):
+        item.add_marker(pytest.mark.xdist_group("serial"))  # read by xdist's modifyitems hook
+
 
 HOST = "testhost"
 

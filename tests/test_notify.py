@@ -246,3 +246,21 @@ def test_a_target_needing_apprise_is_named_at_start(host: Host, _isolated_config
     shown = wait_for(lambda: host.heartbeat().get("notify"), what="host.yaml's notify:")
     problem = next(iter(shown.values()))
     assert "not a target" in problem or "needs Apprise" in problem
+
+
+def test_notify_test_sends_a_test_event_to_each_target_and_says_which_failed(
+        _isolated_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from filerexec.cli import main
+
+    with Receiver() as hook:
+        down = f"json://127.0.0.1:{free_port()}/hook"
+        configure(_isolated_config, {"ops": hook.url("json"), "gone": down})
+        assert main(["notify", "test", "ops"]) == 0
+        assert [(e["job"], e["state"], e.get("test")) for e in events_of(hook)] == [
+            ("(test)", "test", True)]
+        assert main(["notify", "test"]) == 1  # every target: one receiver is not there
+        assert len(hook.got) == 2
+    out, err = capsys.readouterr()
+    assert "ops: sent" in out and "gone: not sent:" in err
+    assert main(["notify", "test", "nosuch"]) == 2
+    assert "no notification target 'nosuch'" in capsys.readouterr().err
