@@ -74,14 +74,16 @@ class Runner(Protocol):
         """When ``poll`` must run again for runs that no event will announce."""
 
 
+RUNS_DIR = "runs"  # each run's raw output and exit file, in the state directory
+
+
 def runner_for(settings: Settings, wake: Callable[[], None], procs: process.Api) -> Runner:
     """The executor the host's config names: local processes, or Slurm (slurm.py)."""
-    runs = settings.state_dir / "runs"
     if settings.executor == "slurm":
         from filerexec.slurm import SlurmRunner  # its own module; runner.py stays the seam
 
-        return SlurmRunner(runs, settings.host, wake, settings.slurm)
-    return LocalRunner(runs, settings.host, wake, procs, settings.log_cap)
+        return SlurmRunner(settings.state_dir / RUNS_DIR, settings.host, wake, settings.slurm)
+    return LocalRunner.serving(settings, wake, procs)
 
 
 def new_run_id(now: float) -> str:
@@ -110,7 +112,7 @@ class LocalRunner:
     def serving(cls, settings: Settings, wake: Callable[[], None],
                 procs: process.Api = process) -> LocalRunner:
         """The runner of a daemon with these settings: raw output in STATE/runs/."""
-        return cls(settings.state_dir / "runs", settings.host, wake, procs, settings.log_cap,
+        return cls(settings.state_dir / RUNS_DIR, settings.host, wake, procs, settings.log_cap,
                    settings.shell)
 
     def open(self) -> None:
