@@ -45,6 +45,7 @@ def serving(host: Host) -> dict[str, Any]:
                     timeout=15, what="the new daemon's host.yaml")
 
 
+@pytest.mark.slow  # 4-8 s: kept out of the inner loop
 def test_kill9_job_keeps_running_output_reaches_log_exit_code_lands(
         host: Host, tmp_path: Path) -> None:
     gate, gate2 = tmp_path / "gate", tmp_path / "gate2"
@@ -68,6 +69,7 @@ def test_kill9_job_keeps_running_output_reaches_log_exit_code_lands(
     assert host.log_of("a").split() == ["before", "during", "after"]
 
 
+@pytest.mark.slow  # 4-8 s: kept out of the inner loop
 def test_reused_pid_is_never_signalled_and_vanished_job_is_lost_not_rerun(
         host: Host, tmp_path: Path) -> None:
     counter = tmp_path / "count"
@@ -173,6 +175,7 @@ def test_job_that_kills_its_daemon_under_a_supervisor_runs_exactly_once(
     assert len(log.read_text().splitlines()) == 3
 
 
+@pytest.mark.slow  # 4-8 s: kept out of the inner loop
 def test_restart_storm_enters_safe_mode_until_its_file_is_deleted(
         host: Host, tmp_path: Path) -> None:
     host.extra_args += ["--storm-starts", "2", "--storm-window", "10m"]
@@ -247,6 +250,7 @@ def test_unwritable_status_keeps_jobs_running_and_catches_up(
     assert started_runs(host, "u") == 1 and started_runs(host, "w") == 1
 
 
+@pytest.mark.slow  # 4-8 s: kept out of the inner loop
 def test_unwritable_ledger_starts_nothing_says_why_then_runs_once(
         host: Host, tmp_path: Path) -> None:
     counter = tmp_path / "count"

@@ -293,6 +293,7 @@ def test_submit_writes_a_job_the_daemon_runs(host: Host) -> None:
     assert bad.returncode == 2 and not (host.spool / "escape.yaml").exists()
 
 
+@pytest.mark.slow  # 4-8 s: kept out of the inner loop
 def test_poll_mode_reads_file_written_in_place_once_still_without_spinning(host: Host) -> None:
     host.start("--poll")
     (host.spool / "jobs" / "inplace.yaml").write_text("commands: echo polled\n")

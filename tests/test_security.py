@@ -225,6 +225,7 @@ def signed(key_dir: Path, text: str, name: str, nonce: str, key: str = "laptop")
     return sign(text.encode(), name, key, secret, nonce).decode()
 
 
+@pytest.mark.slow  # 4-8 s: kept out of the inner loop
 def test_only_signed_jobs_run_and_replays_are_refused(host: Host, key_dir: Path,
                                                       tmp_path: Path) -> None:
     keystore.create_key(key_dir, "laptop")
