@@ -96,6 +96,7 @@ def test_job_names_come_from_the_spool(shell: str, names_spool: Path) -> None:
     assert complete(shell, f"filerexec logs {names_spool} ni") == ["nightly/db"]
 
 
+@pytest.mark.slow  # 4-9 s of bash sessions: kept out of the inner loop
 def test_more_completions_in_bash(names_spool: Path, _isolated_config: Path) -> None:
     assert complete("bash", f"filerexec status {names_spool} --host ") == ["nas", "pc"]
     assert complete("bash", f"filerexec status {names_spool} --job b") == ["backup"]
