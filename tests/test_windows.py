@@ -18,8 +18,9 @@ import pytest
 from tests.conftest import Host
 from tests.util import wait_for
 
-pytestmark = pytest.mark.skipif(os.name != "nt", reason="cmd.exe jobs run on Windows "
-                                "(tests/test_wine.py runs this module there)")
+pytestmark = pytest.mark.skipif(os.name != "nt", reason="cmd.exe jobs run on Windows only; "
+                                "not yet in the Wine stage (see tests/test_wine.py): run "
+                                "`python -m tests.wine -m pytest tests/test_windows.py`")
 
 
 def drop_crlf(host: Host, name: str, text: str) -> None:
