@@ -92,7 +92,23 @@ def new_run_id(now: float) -> str:
     return f"{stamp}-{secrets.token_hex(4)}"
 
 
-class LocalRunner:
+class RunFiles:
+    """Where a run's raw output and exit code live in the runs folder: one naming for every
+    executor (the daemon publishes and removes these files whichever runner made them)."""
+
+    runs_dir: Path
+
+    def output_path(self, run_id: str) -> Path:
+        return self.runs_dir / f"{run_id}.out"
+
+    def exit_path(self, run_id: str) -> Path:
+        return self.runs_dir / f"{run_id}.exit"
+
+    def run_files(self, run_id: str) -> list[Path]:
+        return [self.output_path(run_id), self.exit_path(run_id)]
+
+
+class LocalRunner(RunFiles):
     """Runs on this host: a process group per run, its output straight into a file."""
 
     def __init__(self, runs_dir: Path, host: str, wake: Callable[[], None],
@@ -123,15 +139,6 @@ class LocalRunner:
     @property
     def busy(self) -> bool:
         return bool(self._children)
-
-    def output_path(self, run_id: str) -> Path:
-        return self.runs_dir / f"{run_id}.out"
-
-    def exit_path(self, run_id: str) -> Path:
-        return self.runs_dir / f"{run_id}.exit"
-
-    def run_files(self, run_id: str) -> list[Path]:
-        return [self.output_path(run_id), self.exit_path(run_id)]
 
     # --- starting and signalling ----------------------------------------------------
 

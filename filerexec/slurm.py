@@ -28,7 +28,7 @@ from pathlib import Path
 
 from filerexec import process, slurmcmd
 from filerexec.machine import Exited, Observed, Run, Scheduled, Signal, SpawnFailed, Start, Vanished
-from filerexec.runner import VANISHED_WHILE_STARTING
+from filerexec.runner import VANISHED_WHILE_STARTING, RunFiles
 from filerexec.slurmspec import (
     NAME_PREFIX,
     JobInfo,
@@ -59,7 +59,7 @@ class _Tracked:
     listed: bool = True  # Slurm listed it once: no longer listed means it forgot it
 
 
-class SlurmRunner:
+class SlurmRunner(RunFiles):
     """Runs jobs as Slurm batch jobs through a worker thread."""
 
     def __init__(self, runs_dir: Path, host: str, wake: Callable[[], None],
@@ -85,15 +85,6 @@ class SlurmRunner:
     def busy(self) -> bool:
         with self._lock:
             return bool(self._tracked)
-
-    def output_path(self, run_id: str) -> Path:
-        return self.runs_dir / f"{run_id}.out"
-
-    def exit_path(self, run_id: str) -> Path:
-        return self.runs_dir / f"{run_id}.exit"
-
-    def run_files(self, run_id: str) -> list[Path]:
-        return [self.output_path(run_id), self.exit_path(run_id)]
 
     def launch(self, starts: Sequence[Start], now: float) -> list[Observed]:
         with self._lock:
