@@ -8,6 +8,7 @@ the synced log's capped tail with its "earlier bytes not shown" head.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -166,10 +167,8 @@ def split_log(data: bytes) -> tuple[int, bytes]:
 
 def counts(jobs: Iterable[Job]) -> dict[str, int]:
     """How many jobs are in each state, for ``host.yaml``."""
-    result = {state.value: 0 for state in State}
-    for job in jobs:
-        result[job.state.value] += 1
-    return {k: v for k, v in result.items() if v}
+    found = Counter(job.state for job in jobs)  # by member: .value costs 10,000 lookups
+    return {state.value: found[state] for state in State if found[state]}
 
 
 def log_tail(tail: bytes, size: int, cap: int) -> bytes:
