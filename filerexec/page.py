@@ -15,7 +15,7 @@ from typing import Any
 
 from filerexec import APP
 from filerexec.machine import Job, State
-from filerexec.render import log_name, since, split_log, timestamp
+from filerexec.render import log_name, shown, since, split_log, timestamp
 
 PAGE_JOBS = 200  # jobs shown in full; the rest are named in a line that says where they are
 TAIL_LINES = 10  # log lines shown per job
@@ -77,7 +77,8 @@ def render_page(jobs: Iterable[Job], host_doc: Mapping[str, Any], tail: Callable
 def _heartbeat(doc: Mapping[str, Any], jobs: list[Job]) -> str:
     states: dict[str, int] = {}
     for job in jobs:
-        states[job.state.value] = states.get(job.state.value, 0) + 1
+        word = shown(job)[0].value
+        states[word] = states.get(word, 0) + 1
     tally = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no jobs"
     state = escape(str(doc.get("state", "")))
     reason = f" ({escape(str(doc['reason']))})" if doc.get("reason") else ""
@@ -89,7 +90,8 @@ def _heartbeat(doc: Mapping[str, Any], jobs: list[Job]) -> str:
 
 def _job(job: Job, log: bytes) -> str:
     run = job.run
-    state = job.state.value + (" (deleted)" if job.deleted else "")
+    shown_state, reason_text = shown(job)
+    state = shown_state.value + (" (deleted)" if job.deleted else "")
     rows = []
     if run is not None:
         rows += [("exit code", "" if run.exit_code is None else str(run.exit_code)),
@@ -101,8 +103,8 @@ def _job(job: Job, log: bytes) -> str:
     cells = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows if v)
     lines = last_lines(log)
     pre = f'<pre title="{escape(log_name(job.name))}">{escape(lines)}</pre>' if lines else ""
-    reason = f'<p class="reason">{escape(job.reason)}</p>' if job.reason else ""
-    return (f'<section class="job" style="--c:{COLOURS[job.state]}">'
+    reason = f'<p class="reason">{escape(reason_text)}</p>' if reason_text else ""
+    return (f'<section class="job" style="--c:{COLOURS[shown_state]}">'
             f'<h2><span>{escape(job.name)}</span><span class="state">{escape(state)}</span></h2>'
             f"{reason}<dl>{cells}</dl>{pre}</section>")
 

@@ -37,15 +37,26 @@ def timestamp(t: float | None) -> str | None:
     return datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
 
 
+def shown(job: Job) -> tuple[State, str]:
+    """The state and reason a job is shown with everywhere (its status, ``host.yaml``'s
+    counts, ``index.md``, ``index.html``): a run a scheduler still holds in its queue is
+    `pending` with the scheduler's reason, though the machine counts it as running."""
+    run = job.run
+    if job.running and run is not None and run.waiting is not None and not job.kill:
+        return State.PENDING, run.waiting
+    return job.state, job.reason
+
+
 def job_status(job: Job, host: str, conflicts: Iterable[str] = ()) -> dict[str, Any]:
     """The status document of one job (DESIGN §4); absent values are left out."""
     run, version = job.run, job.version
+    state, reason = shown(job)
     digest = version.digest if version and version.digest else (run.digest if run else None)
     doc: dict[str, Any] = {
         "job": job.name,
         "host": host,
-        "state": job.state.value,
-        "reason": job.reason,
+        "state": state.value,
+        "reason": reason,
         "exit_code": run.exit_code if run else None,
         "pid": run.pid if run else None,
         "slurm_job": run.external if run else None,
@@ -64,8 +75,6 @@ def job_status(job: Job, host: str, conflicts: Iterable[str] = ()) -> dict[str, 
         "conflicts": sorted(conflicts) or None,
         "log": log_name(job.name) if run else None,
     }
-    if job.running and run is not None and run.waiting is not None and not job.kill:
-        doc["state"], doc["reason"] = State.PENDING.value, run.waiting  # in a scheduler's queue
     return {k: v for k, v in doc.items() if v is not None}
 
 
@@ -120,7 +129,7 @@ def render_index(jobs: Iterable[Job], host: str, now: float,
 
 def _row(job: Job) -> str:
     code = job.run.exit_code if job.run and job.run.exit_code is not None else ""
-    state = job.state.value + (" (deleted)" if job.deleted else "")
+    state = shown(job)[0].value + (" (deleted)" if job.deleted else "")
     when = (timestamp(since(job)) or "").replace("T", " ")
     after = (timestamp(job.next_run) or "").replace("T", " ")
     return f"| {_cell(job.name)} | {state} | {when} | {code} | {delays(job)} | {after} |"
@@ -138,7 +147,7 @@ def delays(job: Job) -> str:
     text = _seconds(version.seen - version.mtime)
     if run is not None and run.digest == version.digest and run.started >= version.seen:
         return f"{text} → {_seconds(run.started - version.seen)}"
-    return f"{text} → …" if job.state is State.PENDING else text
+    return f"{text} → …" if shown(job)[0] is State.PENDING else text
 
 
 def _seconds(delta: float) -> str:
@@ -168,7 +177,7 @@ def counts(jobs: Iterable[Job]) -> dict[str, int]:
     """How many jobs are in each state, for ``host.yaml``."""
     result = {state.value: 0 for state in State}
     for job in jobs:
-        result[job.state.value] += 1
+        result[shown(job)[0].value] += 1
     return {k: v for k, v in result.items() if v}
 
 

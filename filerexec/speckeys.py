@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -23,6 +24,9 @@ from filerexec.slurmspec import time_limit
 _NULL = "tag:yaml.org,2002:null"
 _CRON_HINT = "five fields: minute hour day month weekday, e.g. \"0 3 * * 1-5\", or @daily"
 _RETRY_HINT = "write e.g. `retry: 2`, or `retry: {max: 2, on: [1, timeout], delay: 30s}`"
+TARGET_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a notification target's name (host config)
+_NOTIFY_HINT = "write e.g. `notify: phone`, `notify: [phone, ops]` or `notify: false`"
+_NO_TARGETS = frozenset({"false", "no", "off", "none"})  # `notify: false`: no notifications
 
 
 class NodeError(ValueError):
@@ -199,6 +203,54 @@ def check_after(name: str, values: dict[str, Any], nodes: dict[str, Node]) -> No
     at = next((i for i in items if _after("after", i) == (name,)), node)
     raise NodeError(f"`after:` names this job itself ({name}), so it could never run", at,
                     "name the jobs it must wait for, or remove `after:`")
+@dataclass(frozen=True, slots=True)
+class Targets:
+    """A job file's ``notify:`` (DESIGN §9): target names, and where each is written, so
+    that a name the host lacks (known only where the job runs) is reported there."""
+
+    names: tuple[str, ...]
+    at: tuple[tuple[int, int], ...] = field(default=(), compare=False)
+
+
+def _shown(node: Node) -> str:
+    """A wrong item as a person reads it: its text, or what kind of value it is."""
+    if isinstance(node, ScalarNode):
+        return repr(str(node.value).strip()) if node.tag != _NULL else "empty"
+    return "a list" if isinstance(node, SequenceNode) else "`key: value` lines"
+
+
+def notify(key: str, node: Node) -> Targets:
+    """``notify: phone``, ``notify: [phone, ops]``, or ``notify: false`` (none; also
+    ``[]``, ``no``, ``none``)."""
+    if isinstance(node, ScalarNode) and _text(node).casefold() in _NO_TARGETS:
+        return Targets(())
+    if isinstance(node, ScalarNode) and node.tag.endswith(":bool"):  # true, yes, on
+        raise NodeError(f"`{key}: {node.value}` does not say which target", node,
+                        "leave `notify:` out for the host's notify_default, or name a target")
+    items = node.value if isinstance(node, SequenceNode) else [node]
+    found: dict[str, tuple[int, int]] = {}
+    for item in items:
+        name = _text(item) if isinstance(item, ScalarNode) and item.tag != _NULL else ""
+        if not TARGET_NAME.fullmatch(name):
+            raise NodeError(f"`{key}` must name a notification target, not {_shown(item)}",
+                            item, _NOTIFY_HINT)
+        found.setdefault(name, (item.start_mark.line + 1, item.start_mark.column + 1))
+    return Targets(tuple(found), tuple(found.values()))
+
+
+def notify_on(key: str, node: Node) -> tuple[str, ...]:
+    """``notify_on: [failed, succeeded]``: the states whose events this job sends."""
+    from filerexec.notify import EVENTS  # spec.py is imported by what notify.py imports
+
+    items = node.value if isinstance(node, SequenceNode) else [node]
+    states: list[str] = []
+    for item in items:
+        state = _text(item).casefold() if isinstance(item, ScalarNode) else ""
+        if state not in EVENTS:
+            raise NodeError(f"`{key}`: {_shown(item)} is not a state a job comes to rest in",
+                            item, f"the states: {', '.join(EVENTS)}")
+        states.append(state)
+    return tuple(dict.fromkeys(states))
 
 
 def check_together(values: dict[str, Any], nodes: dict[str, Node]) -> None:
@@ -245,4 +297,6 @@ FIELDS: dict[str, tuple[str, Callable[[str, Node], Any], str, str | None]] = {
     "catch_up": ("catch_up", _one_of(CATCH_UP), "latest or none", None),
     "overlap": ("overlap", _one_of(OVERLAP), "skip, queue or kill", None),
     "after": ("after", _after, "a job name or a list of them", "e.g. `after: nightly/db`"),
+    "notify": ("notify", notify, "a target name, a list of them, or false", _NOTIFY_HINT),
+    "notify_on": ("notify_on", notify_on, "a list of states", "e.g. `notify_on: [failed]`"),
 }

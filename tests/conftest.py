@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.slurm_cluster import Cluster
+from tests.slurm_cluster import missing as slurm_missing
 from tests.util import wait_for
 
 
@@ -159,3 +161,28 @@ def pid_alive(pid: int) -> bool:
 
 def dump(doc: dict[str, Any]) -> str:
     return yaml.safe_dump(doc)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One private Slurm cluster per test process (the Slurm tests are slow: they all run
+    on one worker, one after another); every test leaves it with its controller up."""
+    why = slurm_missing()
+    if why is not None:
+        if os.environ.get("FILEREXEC_REQUIRE_SLURM") == "1":
+            pytest.fail(f"FILEREXEC_REQUIRE_SLURM=1 but {why}")
+        pytest.skip(why)
+    c = Cluster(tmp_path_factory.mktemp("slurm"))
+    c.start()
+    yield c
+    left = c.stop()
+    assert left == [], f"left running after the cluster stopped: {left}"
+
+
+@pytest.fixture
+def slurm_host(host: Host, cluster: Cluster, _isolated_config: Path,
+               monkeypatch: pytest.MonkeyPatch) -> Host:
+    """A daemon (not yet started) with `executor: slurm` on the private cluster."""
+    monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
+    _isolated_config.write_text("executor: slurm\nslurm: {poll: 0.3, allow: [cpus, time]}\n")
+    return host

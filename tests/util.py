@@ -20,3 +20,13 @@ def wait_for(predicate: Callable[[], T | Literal[False] | None], timeout: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def holds(predicate: Callable[[], object], seconds: float, interval: float = 0.1,
+          what: str = "condition") -> None:
+    """Check that predicate stays true for ``seconds`` of real time (for what a real
+    program outside the test's clock, such as a Slurm controller, must keep doing)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert predicate(), f"{what} stopped holding"
+        time.sleep(interval)
