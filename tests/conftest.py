@@ -42,6 +42,7 @@ class Host:
         self.extra_args: list[str] = ["--rescan", "1"]
         self.prefix: list[str] = []  # e.g. setpriv: run the daemon with fewer privileges
         self.entry = ["-m", "filerexec"]  # or a test's own entry (tests/dying_daemon.py)
+        self.timeout = 15.0  # for the daemon to start or stop (Wine under load needs more)
 
     @property
     def status_dir(self) -> Path:
@@ -55,14 +56,14 @@ class Host:
             proc = self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                                 stdin=subprocess.DEVNULL)
         wait_for(lambda: (self.status_dir / "host.yaml").exists() or proc.poll() is not None,
-                 timeout=15, what="the daemon to write host.yaml")
+                 timeout=self.timeout, what="the daemon to write host.yaml")
         return self.proc
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=15)
+        code = self.proc.wait(timeout=self.timeout)
         self.proc = None
         return code
 
