@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from filerexec.machine import Job, Run, State
-from filerexec.page import COLOURS, PAGE_JOBS, duration, last_lines, render_page
-from filerexec.render import timestamp
+from filerexec.page import COLOURS, duration, last_lines, render_page
+from filerexec.render import PAGE_JOBS, left_out, timestamp
 from filerexec.writer import StatusDir
 from tests.conftest import Host
 from tests.util import wait_for
@@ -61,7 +61,8 @@ def test_ten_thousand_jobs_stay_a_sensible_size() -> None:
     assert html.count('class="job"') == PAGE_JOBS
     assert ">job-09999<" in html and f">job-{10_000 - PAGE_JOBS:05}<" in html
     assert f">job-{10_000 - PAGE_JOBS - 1:05}<" not in html
-    assert f"The other {10_000 - PAGE_JOBS:,} are listed in index.md" in html
+    assert f"The other {10_000 - PAGE_JOBS:,} have their status in NAME.yaml" in html
+    assert html.index(left_out(PAGE_JOBS, 10_000)) < html.index(">job-09999<")
 
 
 def test_log_tail_keeps_the_last_lines_and_bytes() -> None:
