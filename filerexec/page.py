@@ -14,7 +14,16 @@ from typing import Any
 
 from filerexec import APP
 from filerexec.machine import Job, State
-from filerexec.render import PAGE_JOBS, left_out, log_name, newest, since, split_log, timestamp
+from filerexec.render import (
+    PAGE_JOBS,
+    left_out,
+    log_name,
+    newest,
+    shown,
+    since,
+    split_log,
+    timestamp,
+)
 
 TAIL_LINES = 10  # log lines shown per job
 TAIL_BYTES = 2000  # and at most this much of them
@@ -49,7 +58,7 @@ def render_page(jobs: Iterable[Job], host_doc: Mapping[str, Any], tail: Callable
                 limit: int = PAGE_JOBS) -> str:
     """The page: ``host_doc`` is host.yaml's document; ``tail(name)`` a job's synced log."""
     listed = list(jobs)
-    shown = newest(listed, limit, key=lambda j: (since(j), j.name))
+    on_page = newest(listed, limit, key=lambda j: (since(j), j.name))
     host = str(host_doc.get("host", ""))
     parts = [
         "<!doctype html>",
@@ -60,11 +69,11 @@ def render_page(jobs: Iterable[Job], host_doc: Mapping[str, Any], tail: Callable
         f"<h1>{escape(APP)} on {escape(host)}</h1>",
         _heartbeat(host_doc, listed),
     ]
-    if len(listed) > len(shown):
-        parts.append(f'<p class="note">{escape(left_out(len(shown), len(listed)))}</p>')
+    if len(listed) > len(on_page):
+        parts.append(f'<p class="note">{escape(left_out(len(on_page), len(listed)))}</p>')
     if not listed:
         parts.append("<p>No jobs yet: drop a job file into jobs/.</p>")
-    parts.extend(_job(job, tail(job.name) if job.run else b"") for job in shown)
+    parts.extend(_job(job, tail(job.name) if job.run else b"") for job in on_page)
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -72,7 +81,8 @@ def render_page(jobs: Iterable[Job], host_doc: Mapping[str, Any], tail: Callable
 def _heartbeat(doc: Mapping[str, Any], jobs: list[Job]) -> str:
     states: dict[str, int] = {}
     for job in jobs:
-        states[job.state.value] = states.get(job.state.value, 0) + 1
+        word = shown(job)[0].value
+        states[word] = states.get(word, 0) + 1
     tally = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no jobs"
     state = escape(str(doc.get("state", "")))
     reason = f" ({escape(str(doc['reason']))})" if doc.get("reason") else ""
@@ -84,7 +94,8 @@ def _heartbeat(doc: Mapping[str, Any], jobs: list[Job]) -> str:
 
 def _job(job: Job, log: bytes) -> str:
     run = job.run
-    state = job.state.value + (" (deleted)" if job.deleted else "")
+    shown_state, reason_text = shown(job)
+    state = shown_state.value + (" (deleted)" if job.deleted else "")
     rows = []
     if run is not None:
         rows += [("exit code", "" if run.exit_code is None else str(run.exit_code)),
@@ -96,8 +107,8 @@ def _job(job: Job, log: bytes) -> str:
     cells = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows if v)
     lines = last_lines(log)
     pre = f'<pre title="{escape(log_name(job.name))}">{escape(lines)}</pre>' if lines else ""
-    reason = f'<p class="reason">{escape(job.reason)}</p>' if job.reason else ""
-    return (f'<section class="job" style="--c:{COLOURS[job.state]}">'
+    reason = f'<p class="reason">{escape(reason_text)}</p>' if reason_text else ""
+    return (f'<section class="job" style="--c:{COLOURS[shown_state]}">'
             f'<h2><span>{escape(job.name)}</span><span class="state">{escape(state)}</span></h2>'
             f"{reason}<dl>{cells}</dl>{pre}</section>")
 

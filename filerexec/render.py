@@ -41,15 +41,26 @@ def timestamp(t: float | None) -> str | None:
     return datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
 
 
+def shown(job: Job) -> tuple[State, str]:
+    """The state and reason a job is shown with everywhere (its status, ``host.yaml``'s
+    counts, ``index.md``, ``index.html``): a run a scheduler still holds in its queue is
+    `pending` with the scheduler's reason, though the machine counts it as running."""
+    run = job.run
+    if job.running and run is not None and run.waiting is not None and not job.kill:
+        return State.PENDING, run.waiting
+    return job.state, job.reason
+
+
 def job_status(job: Job, host: str, conflicts: Iterable[str] = ()) -> dict[str, Any]:
     """The status document of one job (DESIGN §4); absent values are left out."""
     run, version = job.run, job.version
+    state, reason = shown(job)
     digest = version.digest if version and version.digest else (run.digest if run else None)
     doc: dict[str, Any] = {
         "job": job.name,
         "host": host,
-        "state": job.state.value,
-        "reason": job.reason,
+        "state": state.value,
+        "reason": reason,
         "exit_code": run.exit_code if run else None,
         "pid": run.pid if run else None,
         "slurm_job": run.external if run else None,
@@ -68,8 +79,6 @@ def job_status(job: Job, host: str, conflicts: Iterable[str] = ()) -> dict[str, 
         "conflicts": sorted(conflicts) or None,
         "log": log_name(job.name) if run else None,
     }
-    if job.running and run is not None and run.waiting is not None and not job.kill:
-        doc["state"], doc["reason"] = State.PENDING.value, run.waiting  # in a scheduler's queue
     return {k: v for k, v in doc.items() if v is not None}
 
 
@@ -117,7 +126,7 @@ def counts(jobs: Iterable[Job]) -> dict[str, int]:
     """How many jobs are in each state, for ``host.yaml``."""
     result = {state.value: 0 for state in State}
     for job in jobs:
-        result[job.state.value] += 1
+        result[shown(job)[0].value] += 1
     return {k: v for k, v in result.items() if v}
 
 

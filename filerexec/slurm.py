@@ -155,14 +155,21 @@ class SlurmRunner(RunFiles):
         by_name = {info.name: info for info in known.values()}
         for t in tracked:
             if t.job_id is None and (found := by_name.get(NAME_PREFIX + t.run_id)):
-                t.job_id, t.start = found.job_id, None
-                logger.info("job %s: found Slurm job %s by its name", t.name, t.job_id)
+                self._found(t, found)
             if t.job_id is None:
                 self._no_job_id(t)  # submitted now: followed from the next round on
             elif (info := known.get(t.job_id)) is not None or t.listed:
                 t.listed = True
                 self._cancel(t)
                 self._follow(t, info)
+
+    def _found(self, t: _Tracked, info: JobInfo) -> None:
+        """A submission whose id was never recorded (sbatch's answer lost, or the daemon
+        died before recording it): it is this run; its id goes into the ledger now."""
+        logger.info("job %s: found Slurm job %s by its name", t.name, info.job_id)
+        t.job_id, t.start = info.job_id, None
+        t.waiting = waiting_reason(info) if info.queued else None
+        self._push(Observed(t.name, Scheduled(t.job_id, t.waiting, 0.0)))
 
     def _unreachable(self, tracked: list[_Tracked], why: str) -> None:
         for t in tracked:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from filerexec import APP
 from filerexec.machine import Job, State
-from filerexec.render import PAGE_JOBS, left_out, newest, since, timestamp
+from filerexec.render import PAGE_JOBS, left_out, newest, shown, since, timestamp
 
 WIDTH = 40  # columns of a phone's text viewer in portrait, at a readable size
 REASON_LINES = 4  # a longer reason is cut with an ellipsis (the job's NAME.yaml has it all)
@@ -44,15 +44,15 @@ def render_index(jobs: Iterable[Job], host: str, now: float,
         names = {e[0].name for e in entries}
         for name in [n for n in cache if n not in names]:
             del cache[name]
-    shown = newest(entries, limit, key=lambda e: (e[1], e[0].name))
+    listed = newest(entries, limit, key=lambda e: (e[1], e[0].name))
     lines = [*heading("#", f"{APP} on {host}", None), "", f"Updated {_when(now)}."]
     if labels := list(labels):
         lines += wrap(f"Labels: {', '.join(labels)}.")
-    if len(shown) < len(entries):
-        lines += ["", *wrap(left_out(len(shown), len(entries)))]
+    if len(listed) < len(entries):
+        lines += ["", *wrap(left_out(len(listed), len(entries)))]
     elif not entries:
         lines += ["", *wrap("No jobs yet: drop a job file into jobs/.")]
-    for job, changed, text in shown:
+    for job, changed, text in listed:
         if not text:
             text = block(job)
             cache[job.name] = (job, changed, text)
@@ -62,13 +62,14 @@ def render_index(jobs: Iterable[Job], host: str, now: float,
 
 def block(job: Job) -> str:
     """One job: ``## name — state``, then its facts, each line at most ``WIDTH`` wide."""
-    state = job.state.value + (" (deleted)" if job.deleted else "")
+    word, reason = shown(job)  # a run a scheduler still queues is pending, with its reason
+    state = word.value + (" (deleted)" if job.deleted else "")
     run = job.run
     facts = [("since", _when(since(job)))]
     if run is not None and run.exit_code is not None:
         facts.append(("exit code", str(run.exit_code)))
-    if job.reason and (run is None or job.reason != f"exit code {run.exit_code}"):
-        facts.append(("reason", job.reason))
+    if reason and (run is None or reason != f"exit code {run.exit_code}"):
+        facts.append(("reason", reason))
     if delay := delays(job):
         facts.append(("sync → start", delay))
     if job.next_run is not None:
@@ -110,7 +111,7 @@ def delays(job: Job) -> str:
     text = _seconds(version.seen - version.mtime)
     if run is not None and run.digest == version.digest and run.started >= version.seen:
         return f"{text} → {_seconds(run.started - version.seen)}"
-    return f"{text} → …" if job.state is State.PENDING else text
+    return f"{text} → …" if shown(job)[0] is State.PENDING else text
 
 
 def _seconds(delta: float) -> str:

@@ -22,6 +22,16 @@ def wait_for(predicate: Callable[[], T | Literal[False] | None], timeout: float 
         time.sleep(interval)
 
 
+def holds(predicate: Callable[[], object], seconds: float, interval: float = 0.1,
+          what: str = "condition") -> None:
+    """Check that predicate stays true for ``seconds`` of real time (for what a real
+    program outside the test's clock, such as a Slurm controller, must keep doing)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert predicate(), f"{what} stopped holding"
+        time.sleep(interval)
+
+
 def index_jobs(text: str) -> dict[str, dict[str, str]]:
     """``index.md`` read back: each job's name → its facts (``state``, ``since``, ``exit
     code``, ``reason``, ``sync → start``, ``next``), as a person reads the blocks."""
