@@ -32,7 +32,7 @@ COLOURS = {  # a state's colour; the word is always there too (colour is never t
     State.PENDING: "#8a6d00", State.RUNNING: "#0055cc", State.SUCCEEDED: "#1a7f37",
     State.FAILED: "#c62828", State.KILLED: "#b3261e", State.STOPPED: "#5f6368",
     State.EXPIRED: "#7b5800", State.INVALID: "#a8326d", State.REJECTED: "#a8326d",
-    State.LOST: "#6a1b9a", State.SCHEDULED: "#0055cc",
+    State.LOST: "#6a1b9a", State.SCHEDULED: "#0055cc", State.SKIPPED: "#8d6e63",
 }
 
 _CSS = """\
