@@ -1,8 +1,8 @@
 """Admission: what a job file's bytes mean for this host, decided in one place.
 
-parse → authenticate → policy → targeting, once per read: the reconciler hands
-over the bytes it read and gets a `Verdict` back (valid, for other hosts, invalid,
-rejected, or not decidable yet). With ``require_signature`` the signature is
+parse → authenticate → policy → targeting → notification targets, once per read: the
+reconciler hands over the bytes it read and gets a `Verdict` back (valid, for other hosts,
+invalid, rejected, or not decidable yet). With ``require_signature`` the signature is
 checked before the bytes reach the parser (signing.py); without it, the file is
 parsed and the allow list applied to jobs meant for this host.
 """
@@ -55,6 +55,8 @@ class Admission:
                            problem=f"cannot check its signature yet (the ledger: {e})")
         if not spec.targets(self.settings.host, self.settings.labels):
             return Verdict(Readiness.OTHER_HOST, spec)
+        if (unknown := spec.unknown_target(self.settings.targets)) is not None:
+            return Verdict(Readiness.INVALID, problem=str(unknown))
         return Verdict(Readiness.VALID, spec)
 
     def _spec(self, name: str, data: bytes, now: float) -> JobSpec:

@@ -30,6 +30,7 @@ from filerexec import APP
 from filerexec.slurmspec import SlurmConfig
 from filerexec.slurmspec import parse_config as parse_slurm
 from filerexec.spec import MAX_JOB_BYTES, SpecError, parse_duration
+from filerexec.speckeys import TARGET_NAME
 from filerexec.syncthing import SyncthingConfig
 from filerexec.syncthing import parse_config as parse_syncthing
 
@@ -246,7 +247,7 @@ def _targets(value: object) -> tuple[tuple[str, str], ...]:
         raise ValueError("must be `name: URL` lines, e.g. `phone: ntfys://ntfy.sh/TOPIC`")
     pairs = []
     for name, url in value.items():
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        if not isinstance(name, str) or not TARGET_NAME.fullmatch(name):
             raise ValueError(f"{name!r} is not a target name (letters, digits, _ . -)")
         if not isinstance(url, str) or ":" not in url:
             raise ValueError(f"target {name}: {url!r} is not a URL such as "
@@ -256,13 +257,13 @@ def _targets(value: object) -> tuple[tuple[str, str], ...]:
 
 
 def _states(value: object) -> tuple[str, ...]:
-    from filerexec.machine import State  # the machine reads DEFAULTS from here
+    from filerexec.notify import EVENTS  # the machine, which notify uses, reads DEFAULTS here
 
     states = _texts(value) if value != [] else ()
-    words = [s.value for s in State]
     for state in states:
-        if state not in words:
-            raise ValueError(f"{state!r} is not a state (the states: {', '.join(words)})")
+        if state not in EVENTS:
+            raise ValueError(f"{state!r} is not a state a job comes to rest in (the states: "
+                             f"{', '.join(EVENTS)})")
     return states
 
 

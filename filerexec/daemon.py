@@ -150,9 +150,9 @@ class Daemon:
         """Nothing running, nothing due, nothing waiting to settle or to be confirmed deleted."""
         if self.reconciler.settling or self.runner.busy:
             return False
-        # Held back (safe mode, a drain), a waiting job waits for a person, not for this daemon.
+        # Held back (safe mode, a drain), a waiting job waits for a person; after_wait: its deps.
         resting = (Phase.IDLE, Phase.WAITING) if self.lifecycle.hold else (Phase.IDLE,)
-        return all(phase(j) in resting and j.missing_since is None
+        return all((phase(j) in resting or j.after_wait) and j.missing_since is None
                    for j in self.table.active_jobs()
                    if not (j.version and j.version.readiness is Readiness.NOT_READY))
 
@@ -202,6 +202,7 @@ class Daemon:
                 self._actions.extend(self.table.apply(job.name, Tick(now)))
 
     def _launch_due(self, now: float) -> None:
+        self.table.check_after(now)  # what each job's after: jobs allow, right before launching
         active = self.table.active_jobs()
         hold = self.lifecycle.hold
         self._actions.extend(self.table.hold(hold))

@@ -24,7 +24,8 @@ from filerexec.render import timestamp
 
 # States a job comes to rest in: only these are news (pending and running are not).
 ENDED = frozenset({State.SUCCEEDED, State.FAILED, State.KILLED, State.STOPPED, State.EXPIRED,
-                   State.INVALID, State.REJECTED, State.LOST})
+                   State.INVALID, State.REJECTED, State.LOST, State.SKIPPED})
+EVENTS = tuple(s.value for s in State if s in ENDED)  # what `notify_on:` may name
 RUN_ENDS = frozenset({State.SUCCEEDED, State.FAILED, State.KILLED, State.LOST})
 TAIL_BYTES = 2048  # an event's log_tail is at most this long (and notify_log_tail lines)
 BUILTIN = {"ntfy": "ntfy", "ntfys": "ntfy", "json": "json", "jsons": "json",
@@ -123,7 +124,7 @@ def choice_of(job: Job) -> Choice:
     spec = job.version.spec if job.version is not None else None
     if spec is None:
         return Choice()
-    return Choice(getattr(spec, "notify", None), getattr(spec, "notify_on", None))
+    return Choice(None if spec.notify is None else spec.notify.names, spec.notify_on)
 
 
 def targets_for(job: Job, choice: Choice, default: Sequence[str], on: Sequence[str],

@@ -1,18 +1,20 @@
 """Pure renderers of what the host shows in ``status/HOST/``: no I/O, no clock.
 
 Status files are a *view* of the ledger, never read back to decide anything: a
-job's status document (DESIGN §4), ``index.md``, ``host.yaml``'s document, and
-the synced log's capped tail with its "earlier bytes not shown" head.
+job's status document (DESIGN §4), ``host.yaml``'s document, the synced log's
+capped tail with its "earlier bytes not shown" head, and what ``index.md``
+(textindex.py) and ``index.html`` (page.py) share: which jobs, and what is left out.
 """
 
 from __future__ import annotations
 
+import heapq
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -29,6 +31,8 @@ except ImportError:  # pragma: no cover - PyYAML built without libyaml
 _CUT = f"[{APP}: {{}} earlier bytes not shown]\n"  # heads a log whose start was cut off
 _CUT_RE = re.compile(rb"\[" + APP.encode() + rb": (\d+) earlier bytes not shown\]\n")
 MAX_REFUSED = 20  # refused file names listed in host.yaml
+PAGE_JOBS = 200  # jobs index.md and index.html show; a line says where the others are
+T = TypeVar("T")
 
 
 def timestamp(t: float | None) -> str | None:
@@ -38,15 +42,26 @@ def timestamp(t: float | None) -> str | None:
     return datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
 
 
+def shown(job: Job) -> tuple[State, str]:
+    """The state and reason a job is shown with everywhere (its status, ``host.yaml``'s
+    counts, ``index.md``, ``index.html``): a run a scheduler still holds in its queue is
+    `pending` with the scheduler's reason, though the machine counts it as running."""
+    run = job.run
+    if job.running and run is not None and run.waiting is not None and not job.kill:
+        return State.PENDING, run.waiting
+    return job.state, job.reason
+
+
 def job_status(job: Job, host: str, conflicts: Iterable[str] = ()) -> dict[str, Any]:
     """The status document of one job (DESIGN §4); absent values are left out."""
     run, version = job.run, job.version
+    state, reason = shown(job)
     digest = version.digest if version and version.digest else (run.digest if run else None)
     doc: dict[str, Any] = {
         "job": job.name,
         "host": host,
-        "state": job.state.value,
-        "reason": job.reason,
+        "state": state.value,
+        "reason": reason,
         "exit_code": run.exit_code if run else None,
         "pid": run.pid if run else None,
         "slurm_job": run.external if run else None,
@@ -65,8 +80,6 @@ def job_status(job: Job, host: str, conflicts: Iterable[str] = ()) -> dict[str, 
         "conflicts": sorted(conflicts) or None,
         "log": log_name(job.name) if run else None,
     }
-    if job.running and run is not None and run.waiting is not None and not job.kill:
-        doc["state"], doc["reason"] = State.PENDING.value, run.waiting  # in a scheduler's queue
     return {k: v for k, v in doc.items() if v is not None}
 
 
@@ -79,78 +92,23 @@ def log_name(name: str) -> str:
 
 
 def since(job: Job) -> float:
-    """When the job last changed state: what ``index.md`` sorts by."""
+    """When the job last changed state: what ``index.md`` and ``index.html`` sort by."""
     run, version = job.run, job.version
     times = [job.deleted, run.finished if run else None, run.started if run else None,
              version.seen if version else None]
     return max((t for t in times if t is not None), default=0.0)
 
 
-def render_index(jobs: Iterable[Job], host: str, now: float,
-                 rows: dict[str, tuple[Job, float, str]] | None = None,
-                 labels: Iterable[str] = ()) -> str:
-    """A Markdown table of every job, newest first, that phones render.
-
-    ``rows`` caches each job's row between calls (reused while the job is unchanged):
-    formatting 10,000 timestamps every time one job changed cost ~0.2 s of the GIL.
-    """
-    cache = {} if rows is None else rows
-    entries = []
-    for job in jobs:
-        hit = cache.get(job.name)
-        if hit is None or hit[0] is not job:
-            hit = cache[job.name] = (job, since(job), _row(job))
-        entries.append(hit)
-    lines = [
-        f"# filerexec on {host}",
-        "",
-        *([f"Labels: {', '.join(labels)}.", ""] if labels else []),
-        f"Updated {timestamp(now)}.",
-        "",
-        "| job | state | since | exit | sync → start | next |",
-        "|---|---|---|---|---|---|",
-    ]
-    if len(cache) > len(entries):  # forget jobs that are gone
-        names = {e[0].name for e in entries}
-        for name in [n for n in cache if n not in names]:
-            del cache[name]
-    entries.sort(key=lambda e: e[1], reverse=True)
-    lines.extend(row for _, _, row in entries)
-    return "\n".join(lines) + "\n"
+def newest(items: Iterable[T], limit: int, key: Callable[[T], tuple[float, str]]) -> list[T]:
+    """The ``limit`` newest, newest first: the jobs ``index.md`` and ``index.html`` show."""
+    return heapq.nlargest(limit, items, key=key)
 
 
-def _row(job: Job) -> str:
-    code = job.run.exit_code if job.run and job.run.exit_code is not None else ""
-    state = job.state.value + (" (deleted)" if job.deleted else "")
-    when = (timestamp(since(job)) or "").replace("T", " ")
-    after = (timestamp(job.next_run) or "").replace("T", " ")
-    return f"| {_cell(job.name)} | {state} | {when} | {code} | {delays(job)} | {after} |"
-
-
-def delays(job: Job) -> str:
-    """Sync delay (file mtime → first seen here) and host delay (seen → started), compactly.
-
-    "4s → 0s": the file reached this host 4 s after it was saved, and started at once;
-    "4s → …": still waiting to start. A negative sync delay means the clocks disagree.
-    """
-    version, run = job.version, job.run
-    if version is None or version.seen is None or version.mtime is None:
-        return ""
-    text = _seconds(version.seen - version.mtime)
-    if run is not None and run.digest == version.digest and run.started >= version.seen:
-        return f"{text} → {_seconds(run.started - version.seen)}"
-    return f"{text} → …" if job.state is State.PENDING else text
-
-
-def _seconds(delta: float) -> str:
-    for unit, size in (("h", 3600), ("m", 60)):
-        if abs(delta) >= size:
-            return f"{round(delta / size)}{unit}"
-    return f"{round(delta)}s"
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
+def left_out(shown: int, total: int) -> str:
+    """What ``index.md`` and ``index.html`` say when they show only the newest jobs."""
+    return (f"The newest {shown:,} of {total:,} jobs are shown. The other {total - shown:,} "
+            "have their status in NAME.yaml and their output in NAME.log, in this folder; "
+            f"`{APP} status` lists every job.")
 
 
 def dump_yaml(doc: Mapping[str, Any]) -> bytes:
@@ -167,7 +125,7 @@ def split_log(data: bytes) -> tuple[int, bytes]:
 
 def counts(jobs: Iterable[Job]) -> dict[str, int]:
     """How many jobs are in each state, for ``host.yaml``."""
-    found = Counter(job.state for job in jobs)  # by member: .value costs 10,000 lookups
+    found = Counter(shown(job)[0] for job in jobs)  # by member: .value costs a lookup each
     return {state.value: found[state] for state in State if found[state]}
 
 

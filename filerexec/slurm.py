@@ -155,14 +155,21 @@ class SlurmRunner(RunFiles):
         by_name = {info.name: info for info in known.values()}
         for t in tracked:
             if t.job_id is None and (found := by_name.get(NAME_PREFIX + t.run_id)):
-                t.job_id, t.start = found.job_id, None
-                logger.info("job %s: found Slurm job %s by its name", t.name, t.job_id)
+                self._found(t, found)
             if t.job_id is None:
                 self._no_job_id(t)  # submitted now: followed from the next round on
             elif (info := known.get(t.job_id)) is not None or t.listed:
                 t.listed = True
                 self._cancel(t)
                 self._follow(t, info)
+
+    def _found(self, t: _Tracked, info: JobInfo) -> None:
+        """A submission whose id was never recorded (sbatch's answer lost, or the daemon
+        died before recording it): it is this run; its id goes into the ledger now."""
+        logger.info("job %s: found Slurm job %s by its name", t.name, info.job_id)
+        t.job_id, t.start = info.job_id, None
+        t.waiting = waiting_reason(info) if info.queued else None
+        self._push(Observed(t.name, Scheduled(t.job_id, t.waiting, 0.0)))
 
     def _unreachable(self, tracked: list[_Tracked], why: str) -> None:
         for t in tracked:
@@ -188,7 +195,10 @@ class SlurmRunner(RunFiles):
                               str(self.exit_path(start.run_id)), env, spec.stdout, spec.stderr)
         args = sbatch_args(NAME_PREFIX + start.run_id, str(self.output_path(start.run_id)), cwd,
                            self.config, dict(spec.slurm), spec.timeout)
-        t.maybe_submitted = True
+        with self._lock:  # the loop may have cancelled it meanwhile (signal): then never
+            if self._tracked.get(t.run_id) is not t:
+                return
+            t.maybe_submitted = True  # from here a cancel is an scancel, once Slurm has it
         try:
             job_id = slurmcmd.submit(args, script)
         except slurmcmd.Unreachable as e:

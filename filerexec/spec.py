@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from typing import Any
@@ -87,6 +87,11 @@ class JobSpec:
     timezone: str | None = None
     catch_up: str = "latest"
     overlap: str = "skip"
+    after: tuple[str, ...] = ()  # run once these jobs' current versions succeeded (after.py)
+    # Whom its events go to (DESIGN §9); None: the host's notify_default / notify_on. Not
+    # in the digest: like stdout, they say how a result is reported, not what runs.
+    notify: speckeys.Targets | None = None
+    notify_on: tuple[str, ...] | None = None
     digest: str = ""
 
     def __post_init__(self) -> None:
@@ -100,6 +105,21 @@ class JobSpec:
             return True
         wanted = {h.casefold() for h in self.hosts}
         return any(n.casefold() in wanted for n in (host, *labels))
+
+    def unknown_target(self, known: Collection[str]) -> SpecError | None:
+        """The first target ``notify:`` names that is not one of the host's ``known``
+        targets, as an error where it is written (only the host running the job knows)."""
+        if self.notify is None:
+            return None
+        for name, (line, column) in zip(self.notify.names, self.notify.at, strict=True):
+            if name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=1)
+                return SpecError(
+                    f"`notify` names the target `{name}`, which this host does not have "
+                    f"(its targets: {', '.join(sorted(known)) or 'none'})", line, column,
+                    f"did you mean `{close[0]}`?" if close else "name one of those" if known
+                    else "remove `notify:`, or ask the host's owner to add the target")
+        return None
 
     @property
     def schedule(self) -> Schedule | None:
@@ -574,6 +594,7 @@ def _job(root: Node | None, name: str) -> JobSpec:
             raise _error(f"`{key}` must be {what}, not {_describe(node)}", node, hint) from None
     try:
         speckeys.check_together(values, settings)
+        speckeys.check_after(name, values, settings)
     except speckeys.NodeError as exc:
         raise _error(exc.message, exc.node, exc.hint) from None
     return JobSpec(name=name, **values)

@@ -1,5 +1,5 @@
-"""Converters of the job keys of DESIGN §10 (``retry:``…) and §11 (``slurm:``), beside
-spec.py's own.
+"""Converters of the job keys of DESIGN §10 (``retry:``, ``every:``, ``after:``…) and §11
+(``slurm:``), beside spec.py's own.
 
 Each converter takes the key and its YAML node and returns the JobSpec field's
 value. A wrong value as a whole raises ValueError (spec.py reports it at the
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -23,6 +24,9 @@ from filerexec.slurmspec import time_limit
 _NULL = "tag:yaml.org,2002:null"
 _CRON_HINT = "five fields: minute hour day month weekday, e.g. \"0 3 * * 1-5\", or @daily"
 _RETRY_HINT = "write e.g. `retry: 2`, or `retry: {max: 2, on: [1, timeout], delay: 30s}`"
+TARGET_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a notification target's name (host config)
+_NOTIFY_HINT = "write e.g. `notify: phone`, `notify: [phone, ops]` or `notify: false`"
+_NO_TARGETS = frozenset({"false", "no", "off", "none"})  # `notify: false`: no notifications
 
 
 class NodeError(ValueError):
@@ -171,6 +175,84 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[str, Node], str]:
     return convert
 
 
+def _after(key: str, node: Node) -> tuple[str, ...]:
+    """``after: nightly/db`` or a list: job names, as their files are named (a suffix such as
+    ``.yaml`` may be written too)."""
+    from filerexec.names import job_name
+
+    items = node.value if isinstance(node, SequenceNode) else [node]
+    found: dict[str, None] = {}
+    for item in items:
+        text = _text(item) if isinstance(item, ScalarNode) and item.tag != _NULL else ""
+        name = job_name(text) or job_name(f"{text}.yaml") if text else None
+        if name is None:
+            raise NodeError(f"`{key}` must name jobs, not {text or 'this'!r}", item,
+                            "write a job's name as its file is named, e.g. `after: nightly/db`")
+        found[name] = None
+    if not found:
+        raise ValueError("no job names")
+    return tuple(found)
+
+
+def check_after(name: str, values: dict[str, Any], nodes: dict[str, Node]) -> None:
+    """A job cannot wait for itself: reported where ``after:`` names it."""
+    if name not in values.get("after", ()):
+        return
+    node = nodes["after"]
+    items = node.value if isinstance(node, SequenceNode) else [node]
+    at = next((i for i in items if _after("after", i) == (name,)), node)
+    raise NodeError(f"`after:` names this job itself ({name}), so it could never run", at,
+                    "name the jobs it must wait for, or remove `after:`")
+@dataclass(frozen=True, slots=True)
+class Targets:
+    """A job file's ``notify:`` (DESIGN §9): target names, and where each is written, so
+    that a name the host lacks (known only where the job runs) is reported there."""
+
+    names: tuple[str, ...]
+    at: tuple[tuple[int, int], ...] = field(default=(), compare=False)
+
+
+def _shown(node: Node) -> str:
+    """A wrong item as a person reads it: its text, or what kind of value it is."""
+    if isinstance(node, ScalarNode):
+        return repr(str(node.value).strip()) if node.tag != _NULL else "empty"
+    return "a list" if isinstance(node, SequenceNode) else "`key: value` lines"
+
+
+def notify(key: str, node: Node) -> Targets:
+    """``notify: phone``, ``notify: [phone, ops]``, or ``notify: false`` (none; also
+    ``[]``, ``no``, ``none``)."""
+    if isinstance(node, ScalarNode) and _text(node).casefold() in _NO_TARGETS:
+        return Targets(())
+    if isinstance(node, ScalarNode) and node.tag.endswith(":bool"):  # true, yes, on
+        raise NodeError(f"`{key}: {node.value}` does not say which target", node,
+                        "leave `notify:` out for the host's notify_default, or name a target")
+    items = node.value if isinstance(node, SequenceNode) else [node]
+    found: dict[str, tuple[int, int]] = {}
+    for item in items:
+        name = _text(item) if isinstance(item, ScalarNode) and item.tag != _NULL else ""
+        if not TARGET_NAME.fullmatch(name):
+            raise NodeError(f"`{key}` must name a notification target, not {_shown(item)}",
+                            item, _NOTIFY_HINT)
+        found.setdefault(name, (item.start_mark.line + 1, item.start_mark.column + 1))
+    return Targets(tuple(found), tuple(found.values()))
+
+
+def notify_on(key: str, node: Node) -> tuple[str, ...]:
+    """``notify_on: [failed, succeeded]``: the states whose events this job sends."""
+    from filerexec.notify import EVENTS  # spec.py is imported by what notify.py imports
+
+    items = node.value if isinstance(node, SequenceNode) else [node]
+    states: list[str] = []
+    for item in items:
+        state = _text(item).casefold() if isinstance(item, ScalarNode) else ""
+        if state not in EVENTS:
+            raise NodeError(f"`{key}`: {_shown(item)} is not a state a job comes to rest in",
+                            item, f"the states: {', '.join(EVENTS)}")
+        states.append(state)
+    return tuple(dict.fromkeys(states))
+
+
 def check_together(values: dict[str, Any], nodes: dict[str, Node]) -> None:
     """What one key says about another: one schedule, and its settings only with one."""
     if "every" in values and "cron" in values:
@@ -198,7 +280,7 @@ def digest_parts(spec: Any) -> dict[str, Any]:
     them keeps the digest it always had."""
     sched = schedule(spec)
     parts = {"retry": spec.retry.canonical() if spec.retry is not None else None,
-             "slurm": sorted(spec.slurm) or None,
+             "slurm": sorted(spec.slurm) or None, "after": list(spec.after) or None,
              "schedule": None if sched is None else [sched.every, sched.cron, sched.timezone,
                                                       sched.catch_up, sched.overlap]}
     return {key: value for key, value in parts.items() if value is not None}
@@ -214,4 +296,7 @@ FIELDS: dict[str, tuple[str, Callable[[str, Node], Any], str, str | None]] = {
     "timezone": ("timezone", _timezone, "a time zone", "e.g. Europe/Zurich"),
     "catch_up": ("catch_up", _one_of(CATCH_UP), "latest or none", None),
     "overlap": ("overlap", _one_of(OVERLAP), "skip, queue or kill", None),
+    "after": ("after", _after, "a job name or a list of them", "e.g. `after: nightly/db`"),
+    "notify": ("notify", notify, "a target name, a list of them, or false", _NOTIFY_HINT),
+    "notify_on": ("notify_on", notify_on, "a list of states", "e.g. `notify_on: [failed]`"),
 }

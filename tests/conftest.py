@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.slurm_cluster import Cluster
+from tests.slurm_cluster import missing as slurm_missing
 from tests.util import wait_for
 
 
@@ -40,6 +42,7 @@ class Host:
         self.extra_args: list[str] = ["--rescan", "1"]
         self.prefix: list[str] = []  # e.g. setpriv: run the daemon with fewer privileges
         self.entry = ["-m", "filerexec"]  # or a test's own entry (tests/dying_daemon.py)
+        self.timeout = 15.0  # for the daemon to start or stop (Wine under load needs more)
 
     @property
     def status_dir(self) -> Path:
@@ -53,14 +56,14 @@ class Host:
             proc = self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                                 stdin=subprocess.DEVNULL)
         wait_for(lambda: (self.status_dir / "host.yaml").exists() or proc.poll() is not None,
-                 timeout=15, what="the daemon to write host.yaml")
+                 timeout=self.timeout, what="the daemon to write host.yaml")
         return self.proc
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=15)
+        code = self.proc.wait(timeout=self.timeout)
         self.proc = None
         return code
 
@@ -159,3 +162,28 @@ def pid_alive(pid: int) -> bool:
 
 def dump(doc: dict[str, Any]) -> str:
     return yaml.safe_dump(doc)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One private Slurm cluster per test process (the Slurm tests are slow: they all run
+    on one worker, one after another); every test leaves it with its controller up."""
+    why = slurm_missing()
+    if why is not None:
+        if os.environ.get("FILEREXEC_REQUIRE_SLURM") == "1":
+            pytest.fail(f"FILEREXEC_REQUIRE_SLURM=1 but {why}")
+        pytest.skip(why)
+    c = Cluster(tmp_path_factory.mktemp("slurm"))
+    c.start()
+    yield c
+    left = c.stop()
+    assert left == [], f"left running after the cluster stopped: {left}"
+
+
+@pytest.fixture
+def slurm_host(host: Host, cluster: Cluster, _isolated_config: Path,
+               monkeypatch: pytest.MonkeyPatch) -> Host:
+    """A daemon (not yet started) with `executor: slurm` on the private cluster."""
+    monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
+    _isolated_config.write_text("executor: slurm\nslurm: {poll: 0.3, allow: [cpus, time]}\n")
+    return host

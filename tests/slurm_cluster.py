@@ -119,6 +119,10 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
                   f"--seed-file={m / 'munged.seed'}")
         self.start_controller()
         self._run("slurmd", "-f", str(self.conf), "-N", self.node)
+        self.wait_idle()
+
+    def wait_idle(self) -> None:
+        """Until the controller answers and the node takes jobs."""
         wait_for(lambda: self._run("sinfo", "-h", "-n", self.node, "-o", "%T",
                                    check=False).stdout.strip() == "idle",
                  timeout=30, interval=0.1, what=f"the Slurm node to be idle ({self.root}/log)")
@@ -155,6 +159,19 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 
     def scontrol(self, *args: str) -> str:
         return self._run("scontrol", *args, check=False).stdout
+
+    def submitted(self, text: str) -> list[str]:
+        """The ids of every job Slurm still knows whose record mentions ``text`` (a test's
+        state folder is in each of its runs' ``StdOut=``): how many submissions were made."""
+        lines = self.scontrol("-o", "show", "job").splitlines()
+        return [line.split()[0].removeprefix("JobId=") for line in lines if text in line]
+
+    def state_of(self, job_id: str) -> str:
+        """``JobState`` of one job, as scontrol says it now."""
+        for field in self.scontrol("-o", "show", "job", job_id).split():
+            if field.startswith("JobState="):
+                return field.removeprefix("JobState=")
+        return ""
 
     def jobs(self) -> list[str]:
         return self._run("squeue", "-h", "-o", "%i", check=False).stdout.split()

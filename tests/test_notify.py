@@ -16,10 +16,14 @@ import pytest
 import yaml
 
 from filerexec import sender
+from filerexec.admission import Admission
+from filerexec.config import Settings
 from filerexec.machine import Job, Readiness, Run, State, Version
 from filerexec.notify import (
+    EVENTS,
     Choice,
     cap_tail,
+    choice_of,
     command_env,
     event_id,
     is_news,
@@ -31,6 +35,7 @@ from filerexec.notify import (
     targets_for,
     trial_event,
 )
+from filerexec.spec import SpecError, parse_job
 from tests.conftest import Host
 from tests.receiver import Receiver, free_port
 from tests.util import wait_for
@@ -84,6 +89,68 @@ def test_targets_come_from_the_job_or_the_host_defaults() -> None:
     assert targets_for(ended(State.SUCCEEDED, 0), Choice(on=("succeeded",)), ["phone"], ON,
                        known) == ["phone"]
     assert targets_for(job, Choice(), [], ON, known) == []  # notify_default: none
+
+
+# --- a job file's own choice: `notify:` and `notify_on:` --------------------------------------
+
+
+def chosen(text: str) -> Choice:
+    spec = parse_job(text, "j")
+    return choice_of(Job("j", state=State.FAILED, version=Version(Readiness.VALID, spec)))
+
+
+def test_a_job_file_names_its_targets_and_states() -> None:
+    assert chosen("commands: ls\nnotify: phone\n") == Choice(("phone",))
+    assert chosen("commands: ls\nnotify: [phone, ops, phone]\n") == Choice(("phone", "ops"))
+    for none in ("false", "no", "[]", "none", "None"):  # DESIGN §9's `notify: false`, and kin
+        assert chosen(f"commands: ls\nnotify: {none}\n") == Choice(()), none
+    assert chosen("commands: ls\nnotify:\n") == Choice()  # left empty: the host's default
+    assert chosen("commands: ls\n") == Choice()
+    assert chosen("commands: ls\nnotify_on: [Failed, succeeded]\n") == Choice(
+        on=("failed", "succeeded"))
+    assert chosen("commands: ls\nnotify_on: succeeded\n") == Choice(on=("succeeded",))
+    assert chosen("commands: ls\nnotify_on: []\n") == Choice(on=())
+    # Who is told is not what runs: adding `notify:` to a job that ran does not run it again.
+    assert parse_job("commands: ls\nnotify: phone\nnotify_on: [lost]\n", "j").digest == \
+        parse_job("commands: ls\n", "j").digest
+
+
+@pytest.mark.parametrize(("text", "where", "words"), [
+    ("notify: true", (2, 9), "does not say which target"),
+    ("notify: 'my phone'", (2, 9), "must name a notification target, not 'my phone'"),
+    ("notify: [phone, {a: b}]", (2, 17), "not `key: value` lines"),
+    ("notify:\n  - phone\n  - [x]", (4, 5), "not a list"),
+    ("notify_on: [failed, runnin]", (2, 21), "'runnin' is not a state a job comes to rest in"),
+    ("notify_on: running", (2, 12), "'running' is not a state"),
+    ("notify_on: {failed: 1}", (2, 12), "is not a state"),
+])
+def test_a_wrong_notify_key_is_shown_where_it_is(text: str, where: tuple[int, int],
+                                                 words: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_job(f"commands: ls\n{text}\n", "j")
+    assert (caught.value.line, caught.value.column) == where
+    assert words in caught.value.message
+    if "notify_on" in text:
+        assert ", ".join(EVENTS) in str(caught.value.hint)
+
+
+def test_an_unknown_target_makes_the_job_invalid_with_the_known_names(tmp_path: Path) -> None:
+    settings = Settings(tmp_path, "office", tmp_path / "state",
+                        notify=(("ops", "json://127.0.0.1:9/"), ("phone", "ntfy://x/y")))
+    admit = Admission(settings, tmp_path / "keys", None)
+    verdict = admit("j", b"commands: ls\nnotify:\n  - phone\n  - opz\n", 0.0)
+    assert verdict.readiness is Readiness.INVALID and verdict.spec is None
+    assert verdict.problem == ("line 4, column 5: `notify` names the target `opz`, which this "
+                               "host does not have (its targets: ops, phone). "
+                               "Hint: did you mean `ops`?")
+    assert admit("j", b"commands: ls\nnotify: [phone, ops]\n", 0.0).readiness is \
+        Readiness.VALID
+    # Another host's job names that host's targets: none of this one's business.
+    assert admit("j", b"commands: ls\nhost: lab\nnotify: gpu-chat\n", 0.0).readiness is \
+        Readiness.OTHER_HOST
+    bare = Admission(Settings(tmp_path, "office", tmp_path / "state"), tmp_path / "keys", None)
+    assert "(its targets: none)" in str(bare("j", b"commands: ls\nnotify: phone\n", 0).problem)
+    assert bare("j", b"commands: ls\nnotify: false\n", 0.0).readiness is Readiness.VALID
 
 
 def test_each_kind_of_url_is_addressed_as_its_receiver_expects() -> None:
@@ -246,6 +313,35 @@ def test_a_target_needing_apprise_is_named_at_start(host: Host, _isolated_config
     shown = wait_for(lambda: host.heartbeat().get("notify"), what="host.yaml's notify:")
     problem = next(iter(shown.values()))
     assert "not a target" in problem or "needs Apprise" in problem
+
+
+@pytest.mark.slow
+def test_a_job_file_chooses_its_targets_end_to_end(host: Host, _isolated_config: Path) -> None:
+    with Receiver() as phone, Receiver() as ops:
+        configure(_isolated_config, {"phone": phone.url("json"), "ops": ops.url("json")},
+                  notify_default=["ops"])
+        host.start()
+        host.drop("mine.yaml", "commands: exit 3\nnotify: [phone]\n")
+        host.drop("quiet.yaml", "commands: exit 4\nnotify: false\n")
+        host.drop("empty.yaml", "commands: exit 5\nnotify: []\n")
+        host.drop("fine.yaml", "commands: echo ok\nnotify: phone\nnotify_on: [succeeded]\n")
+        host.drop("typo.yaml", "commands: exit 6\nnotify: phnoe\n")
+        for job, state in (("mine", "failed"), ("quiet", "failed"), ("empty", "failed"),
+                           ("fine", "succeeded")):
+            host.wait_state(job, state)
+        typo = host.wait_state("typo", "invalid")
+        # Events go out in the order they were committed: once this one, committed after
+        # all the others, has reached the default target, any event of theirs would have too.
+        host.drop("last.yaml", "commands: exit 7\n")
+        host.wait_state("last", "failed")
+        wait_for(lambda: ops.got, what="the default target's event")
+        wait_for(lambda: len(phone.got) >= 2, what="the phone's two events")
+        host.stop()
+    assert [(e["job"], e["state"]) for e in events_of(ops)] == [("last", "failed")]
+    assert sorted((e["job"], e["state"]) for e in events_of(phone)) == [
+        ("fine", "succeeded"), ("mine", "failed")]
+    assert "line 2, column 9" in typo["reason"] and "(its targets: ops, phone)" in typo["reason"]
+    assert "did you mean `phone`?" in typo["reason"] and typo.get("exit_code") is None
 
 
 def test_notify_test_sends_a_test_event_to_each_target_and_says_which_failed(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import time
 from pathlib import Path
 
 import pytest
@@ -12,8 +12,8 @@ from filerexec.config import ConfigError, parse_config
 from filerexec.slurmspec import JobInfo, SlurmConfig, parse_jobs, sbatch_args, time_limit
 from filerexec.spec import JobSpec, SpecError, parse_job
 from tests.conftest import Host
-from tests.slurm_cluster import Cluster, missing
-from tests.util import wait_for
+from tests.slurm_cluster import Cluster
+from tests.util import holds, wait_for
 
 
 def test_scontrol_lines_and_sbatch_arguments() -> None:
@@ -28,28 +28,6 @@ def test_scontrol_lines_and_sbatch_arguments() -> None:
     args = sbatch_args("n", "/o", "/w", SlurmConfig(partition="debug", sbatch_args=("--x",)),
                        {"cpus": "2"}, 90)
     assert args[-4:] == ["--partition=debug", "--x", "--cpus-per-task=2", "--time=2"]
-
-
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    why = missing()
-    if why is not None:
-        if os.environ.get("FILEREXEC_REQUIRE_SLURM") == "1":
-            pytest.fail(f"FILEREXEC_REQUIRE_SLURM=1 but {why}")
-        pytest.skip(why)
-    c = Cluster(tmp_path_factory.mktemp("slurm"))
-    c.start()
-    yield c
-    left = c.stop()
-    assert left == [], f"left running after the cluster stopped: {left}"
-
-
-@pytest.fixture
-def slurm_host(host: Host, cluster: Cluster, _isolated_config: Path,
-               monkeypatch: pytest.MonkeyPatch) -> Host:
-    monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
-    _isolated_config.write_text("executor: slurm\nslurm: {poll: 0.3, allow: [cpus, time]}\n")
-    return host
 
 
 @pytest.mark.slow
@@ -82,6 +60,44 @@ def test_deleting_a_job_cancels_it_in_slurm(slurm_host: Host, cluster: Cluster,
     doc = slurm_host.wait_state("long", "killed", timeout=30)
     assert doc["reason"] == "job file deleted"
     assert "JobState=CANCELLED" in cluster.scontrol("-o", "show", "job", job_id)
+
+
+@pytest.mark.slow
+def test_a_queued_run_is_pending_with_slurms_reason_and_its_timeout_counts_from_its_start(
+        slurm_host: Host, cluster: Cluster, tmp_path: Path) -> None:
+    """A run that waits in Slurm's queue is `pending` with Slurm's reason everywhere (its
+    status, host.yaml's counts); its timeout begins when Slurm starts it; `operation: stop`
+    is scancel."""
+    hog, began = tmp_path / "hog-began", tmp_path / "timed-began"
+    slurm_host.start()
+    hog_job = f"commands: touch {hog}; sleep 300\nslurm: {{cpus: {os.cpu_count()}}}\n"
+    slurm_host.drop("hog.yaml", hog_job)  # every CPU of the node: the next job must queue
+    wait_for(hog.exists, timeout=30, what="the hog to begin on the node")
+    slurm_host.drop("timed.yaml", f"commands: touch {began}; sleep 300\ntimeout: 3s\n"
+                    "slurm: {cpus: 1}\n")
+    queued = slurm_host.wait_state("timed", "pending", timeout=30)
+    queued = wait_for(lambda: (d := slurm_host.status("timed")) and d.get("slurm_job") and
+                      d["reason"] == "queued in Slurm: Resources" and d, timeout=15,
+                      what="Slurm's reason in the status")
+    assert wait_for(lambda: (j := slurm_host.heartbeat().get("jobs")) and j.get("pending") and j,
+                    what="host.yaml to count it") == {"running": 1, "pending": 1}
+    assert "JobState=PENDING" in cluster.scontrol("-o", "show", "job", str(queued["slurm_job"]))
+    # Queued for longer than its timeout, and not killed for it.
+    holds(lambda: (d := slurm_host.status("timed")) and d["state"] == "pending", 4,
+          what="pending while Slurm holds it")
+
+    hog_id = str(slurm_host.status("hog")["slurm_job"])  # type: ignore[index]
+    slurm_host.drop("hog.yaml", "operation: stop\n" + hog_job)
+    stopped = slurm_host.wait_state("hog", "killed", timeout=30)
+    assert stopped["reason"] == "stopped by operation: stop"
+    assert "JobState=CANCELLED" in cluster.scontrol("-o", "show", "job", hog_id)
+
+    wait_for(began.exists, timeout=30, what="the timed job to begin once the hog is gone")
+    start = time.monotonic()
+    done = slurm_host.wait_state("timed", "killed", timeout=30)
+    assert time.monotonic() - start >= 2.5  # its 3 s counted from Slurm's start, not the queue
+    assert done["reason"] == "timeout: ran longer than 3s", done
+    assert "JobState=CANCELLED" in cluster.scontrol("-o", "show", "job", str(done["slurm_job"]))
 
 
 @pytest.mark.slow

@@ -1,15 +1,17 @@
 """A real ``filerexec serve`` on Windows Python: cmd.exe jobs, end to end.
 
-Runs in the Windows stage (tests/test_wine.py runs this module under Windows CPython in
-Wine); on other systems every test here skips.
+Runs in the Windows stage (tests/test_wine.py runs this module under the official Windows
+CPython in Wine, in every run of ``.ci/run``); on other systems every test here skips. Wine under
+a loaded machine is slow to start a Python (seconds), so every wait here is a poll with a
+generous timeout, never a guessed sleep.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -18,73 +20,104 @@ import pytest
 from tests.conftest import Host
 from tests.util import wait_for
 
-pytestmark = pytest.mark.skipif(os.name != "nt", reason="cmd.exe jobs run on Windows only; "
-                                "not yet in the Wine stage (see tests/test_wine.py): run "
-                                "`python -m tests.wine -m pytest tests/test_windows.py`")
+pytestmark = pytest.mark.skipif(os.name != "nt", reason="cmd.exe jobs run on Windows only "
+                                "(tests/test_wine.py runs this module under Wine)")
+
+WAIT = 120.0  # seconds: a poll's limit, reached only when something is wrong
+
+
+@pytest.fixture
+def win(host: Host) -> Iterator[Host]:
+    host.timeout = WAIT
+    yield host
 
 
 def drop_crlf(host: Host, name: str, text: str) -> None:
     target = host.spool / "jobs" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".syncthing.{name}.tmp"
     tmp.write_bytes(text.replace("\n", "\r\n").encode())
     os.replace(tmp, target)
 
 
-def test_a_crlf_job_runs_in_cmd_and_its_status_and_log_land(host: Host) -> None:
-    host.start()
-    drop_crlf(host, "hello.yaml", "commands:\n  - echo hello from %OS%\n  - ver\n")
-    doc = host.wait_state("hello", "succeeded", timeout=30)
+def filerexec(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "filerexec", *args], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=WAIT)
+
+
+def gone(pid: int) -> bool:
+    return not psutil.pid_exists(pid)
+
+
+def test_a_crlf_job_runs_in_cmd_and_its_status_and_log_land(win: Host) -> None:
+    win.start()
+    drop_crlf(win, "hello.yaml", "commands:\n  - echo hello from %OS%\n  - ver\n")
+    doc = win.wait_state("hello", "succeeded", timeout=WAIT)
     assert doc["exit_code"] == 0
-    assert "hello from Windows_NT" in host.log_of("hello")
+    assert "hello from Windows_NT" in win.log_of("hello")
 
 
-def test_a_list_stops_at_the_first_failure_with_its_code(host: Host) -> None:
-    host.start()
-    drop_crlf(host, "fails.yaml", "commands:\n  - echo one\n  - exit /b 3\n  - echo never\n")
-    doc = host.wait_state("fails", "failed", timeout=30)
+def test_a_list_stops_at_the_first_failure_with_its_code(win: Host) -> None:
+    win.start()
+    drop_crlf(win, "fails.yaml", "commands:\n  - echo one\n  - exit /b 3\n  - echo never\n")
+    doc = win.wait_state("fails", "failed", timeout=WAIT)
     assert doc["exit_code"] == 3
-    log = host.log_of("fails")
+    log = win.log_of("fails")
     assert "one" in log
     assert "never" not in log
 
 
-def test_a_second_daemon_on_the_spool_exits_3(host: Host) -> None:
-    host.start()
-    second = subprocess.run([sys.executable, "-m", "filerexec", "serve", str(host.spool),
-                             "--host", host.name, "--state-dir", str(host.state)],
-                            stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+def test_a_second_daemon_on_the_spool_exits_3(win: Host) -> None:
+    win.start()
+    second = filerexec("serve", str(win.spool), "--host", win.name, "--state-dir",
+                       str(win.state))
     assert second.returncode == 3, second.stderr
+    assert win.proc is not None and win.proc.poll() is None  # the first one serves on
 
 
-def test_timeout_and_operation_stop_kill(host: Host) -> None:
-    host.start()
-    drop_crlf(host, "s.yaml", "commands: ping -n 300 127.0.0.1\n")
-    drop_crlf(host, "t.yaml", "commands: ping -n 300 127.0.0.1\ntimeout: 1s\n")
-    pid = host.wait_state("s", "running", timeout=30)["pid"]
-    drop_crlf(host, "s.yaml", "commands: ping -n 300 127.0.0.1\noperation: stop\n")
-    assert "timeout" in host.wait_state("t", "killed", timeout=30)["reason"]
-    assert "operation: stop" in host.wait_state("s", "killed", timeout=30)["reason"]
-    wait_for(lambda: not psutil.pid_exists(pid), what="the stopped job's shell to be gone")
+def test_timeout_and_operation_stop_kill(win: Host) -> None:
+    win.start()
+    drop_crlf(win, "s.yaml", "commands: ping -n 300 127.0.0.1\n")
+    drop_crlf(win, "t.yaml", "commands: ping -n 300 127.0.0.1\ntimeout: 1s\n")
+    pid = win.wait_state("s", "running", timeout=WAIT)["pid"]
+    drop_crlf(win, "s.yaml", "commands: ping -n 300 127.0.0.1\noperation: stop\n")
+    assert "timeout" in win.wait_state("t", "killed", timeout=WAIT)["reason"]
+    assert "operation: stop" in win.wait_state("s", "killed", timeout=WAIT)["reason"]
+    wait_for(lambda: gone(pid), timeout=WAIT, what="the stopped job's shell to be gone")
 
 
-def test_deleting_the_file_kills_the_job(host: Host, tmp_path: Path) -> None:
-    host.start()
-    drop_crlf(host, "long.yaml", "commands: ping -n 300 127.0.0.1\n")
-    pid = host.wait_state("long", "running", timeout=30)["pid"]
-    (host.spool / "jobs" / "long.yaml").unlink()
-    doc = host.wait_state("long", "killed", timeout=30)
+def test_deleting_the_file_kills_the_job(win: Host) -> None:
+    win.start()
+    drop_crlf(win, "long.yaml", "commands: ping -n 300 127.0.0.1\n")
+    pid = win.wait_state("long", "running", timeout=WAIT)["pid"]
+    (win.spool / "jobs" / "long.yaml").unlink()
+    doc = win.wait_state("long", "killed", timeout=WAIT)
     assert doc["reason"] == "job file deleted"
-    wait_for(lambda: not psutil.pid_exists(pid), what="the job's shell to be gone")
+    wait_for(lambda: gone(pid), timeout=WAIT, what="the job's shell to be gone")
 
 
-def test_init_writes_an_example_job_that_runs_on_windows(host: Host) -> None:
-    subprocess.run([sys.executable, "-m", "filerexec", "init", str(host.spool)], check=True,
-                   stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
-    for f in (host.spool / "jobs").iterdir():
-        f.unlink()
-    shutil.rmtree(host.spool / "jobs")
-    subprocess.run([sys.executable, "-m", "filerexec", "init", str(host.spool)], check=True,
-                   stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
-    host.start()
-    assert host.wait_state("hello", "succeeded", "failed", timeout=30)["state"] == "succeeded"
-    assert "hello from " + os.environ["COMPUTERNAME"] in host.log_of("hello")
+def test_submit_status_and_logs_work(win: Host) -> None:
+    win.start()
+    submitted = filerexec("submit", str(win.spool), "greet", "--", "echo greetings & exit /b 0")
+    assert submitted.returncode == 0, submitted.stderr
+    win.wait_state("greet", "succeeded", timeout=WAIT)
+    status = filerexec("status", str(win.spool))
+    assert status.returncode == 0, status.stderr
+    (row,) = [line for line in status.stdout.splitlines() if "greet" in line]
+    assert "succeeded" in row and win.name in row
+    logs = filerexec("logs", str(win.spool), "greet")
+    assert logs.returncode == 0, logs.stderr
+    assert "greetings" in logs.stdout
+
+
+def test_init_writes_an_example_job_that_runs_on_windows(win: Host, tmp_path: Path) -> None:
+    win.spool = tmp_path / "fresh"
+    made = filerexec("init", str(win.spool))
+    assert made.returncode == 0, made.stderr
+    (example,) = (win.spool / "jobs").iterdir()
+    assert "%COMPUTERNAME%" in example.read_text()
+    checked = filerexec("validate", str(example))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    win.start()
+    assert win.wait_state("hello", "succeeded", "failed", timeout=WAIT)["state"] == "succeeded"
+    assert "hello from " + os.environ["COMPUTERNAME"] in win.log_of("hello")

@@ -25,6 +25,7 @@ from ruamel.yaml import YAML
 
 from filerexec.retry import RetryPolicy
 from filerexec.spec import KEYS, WRITER_WIDTH, JobSpec, SpecError, parse_job
+from filerexec.speckeys import Targets
 
 LONG = "rsync -a --delete /home/john/Documents/ /mnt/backup/john/Documents/ && echo done at $(date)"
 LONGER = ("find /home/john/Pictures/2026 -name '*.jpg' -newer /home/john/.last-backup -print0 | "
@@ -60,6 +61,9 @@ EVERY_KEY: dict[str, Any] = {
     "timezone": "Europe/Zurich",
     "catch_up": "none",
     "overlap": "queue",
+    "notify": ["phone", "ops"],
+    "notify_on": ["failed", "succeeded"],
+    "after": ["nightly/db", "fetch.yaml"],
 }
 EVERY_KEY_SPEC = JobSpec(
     name="j", commands=(LONG, UNICODE, "echo ok"), stdout=False, hosts=("laptop", "office-pc"),
@@ -69,7 +73,9 @@ EVERY_KEY_SPEC = JobSpec(
     otp="123456", retry=RetryPolicy(max=2, on=(1, 75, "timeout"), delay=30.0, backoff=2.0),
     slurm=(("cpus", "4"), ("gres", "gpu:1"), ("mem", "8G"), ("partition", "gpu"),
            ("time", "120")),
-    cron="0 3 * * 1-5", timezone="Europe/Zurich", catch_up="none", overlap="queue")
+    cron="0 3 * * 1-5", timezone="Europe/Zurich", catch_up="none", overlap="queue",
+    notify=Targets(("phone", "ops")), notify_on=("failed", "succeeded"),
+    after=("nightly/db", "fetch"))
 
 DOCUMENTS: dict[str, tuple[Any, JobSpec]] = {
     "one long command": ({"commands": LONG}, JobSpec(name="j", commands=(LONG,))),
