@@ -188,10 +188,9 @@ class Daemon:
         if hints or settled or lost or now >= self._next_scan:
             if not self.settings.poll:
                 self.watcher.ensure()
-            if hints or settled or self.reconciler.look(now, self.watcher.trusted and not lost):
-                seen = self.reconciler.reconcile(now, hints)
-                self.table.changed |= seen.restatus
-                self._observe(seen.events)
+            seen = self.reconciler.reconcile(now, hints, self.watcher.trusted and not lost)
+            self.table.changed |= seen.restatus
+            self._observe(seen.events)
             self._next_scan = now + self.settings.scan_interval
 
     def _tick(self, now: float) -> None:

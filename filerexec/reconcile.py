@@ -104,7 +104,7 @@ class Reconciler:
     def settle_due(self, now: float) -> bool:
         return any(now >= t for t in self.settling)
 
-    def look(self, now: float, trusted: bool) -> bool:
+    def _look(self, now: float, trusted: bool) -> bool:
         """Whether ``jobs/`` must be listed now, found the cheap way where that is enough.
 
         With a ``trusted`` watcher (running since the last listing, no event lost) a file
@@ -124,8 +124,14 @@ class Reconciler:
             return False
         return True
 
-    def reconcile(self, now: float, hints: dict[str, Hint]) -> Observations:
-        """List ``jobs/`` and report the difference with what was seen before."""
+    def reconcile(self, now: float, hints: dict[str, Hint], trusted: bool = False) -> Observations:
+        """List ``jobs/`` and report the difference with what was seen before.
+
+        Without ``hints`` from a ``trusted`` watcher, only where a look says it must
+        (``_look``): a periodic rescan of 10,000 files is one lstat per folder.
+        """
+        if not hints and not self._look(now, trusted):
+            return Observations()
         listing: Listing | None = None
         problem: str | None = None
         try:
