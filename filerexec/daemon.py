@@ -150,9 +150,9 @@ class Daemon:
         """Nothing running, nothing due, nothing waiting to settle or to be confirmed deleted."""
         if self.reconciler.settling or self.runner.busy:
             return False
-        # Held back (safe mode, a drain), a waiting job waits for a person, not for this daemon.
+        # Held back (safe mode, a drain), a waiting job waits for a person; after_wait: its deps.
         resting = (Phase.IDLE, Phase.WAITING) if self.lifecycle.hold else (Phase.IDLE,)
-        return all(phase(j) in resting and j.missing_since is None
+        return all((phase(j) in resting or j.after_wait) and j.missing_since is None
                    for j in self.table.active_jobs()
                    if not (j.version and j.version.readiness is Readiness.NOT_READY))
 
@@ -182,13 +182,13 @@ class Daemon:
         if hints and (arrived := self.reconciler.fast(now, hints)):
             self._observe(arrived)
             self._launch_due(now)  # the files that arrived start before jobs/ is listed
-        # A file written in place is due once it has stood still: read it then (not at the
-        # next rescan, and without spinning on its passed deadline until then).
+        # A file written in place is read once it has stood still, not at the next rescan.
         settled = self.reconciler.settle_due(now)
-        if hints or settled or now >= self._next_scan:
+        lost = self.hints.take_lost()  # e.g. an overflow: list jobs/, whatever its folders say
+        if hints or settled or lost or now >= self._next_scan:
             if not self.settings.poll:
                 self.watcher.ensure()
-            seen = self.reconciler.reconcile(now, hints)
+            seen = self.reconciler.reconcile(now, hints, self.watcher.trusted and not lost)
             self.table.changed |= seen.restatus
             self._observe(seen.events)
             self._next_scan = now + self.settings.scan_interval
@@ -201,6 +201,7 @@ class Daemon:
                 self._actions.extend(self.table.apply(job.name, Tick(now)))
 
     def _launch_due(self, now: float) -> None:
+        self.table.check_after(now)  # what each job's after: jobs allow, right before launching
         active = self.table.active_jobs()
         hold = self.lifecycle.hold
         self._actions.extend(self.table.hold(hold))

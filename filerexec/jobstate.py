@@ -26,6 +26,7 @@ class State(StrEnum):
     REJECTED = "rejected"
     LOST = "lost"
     SCHEDULED = "scheduled"  # a scheduled job waiting for its first slot
+    SKIPPED = "skipped"  # not run: a job it runs ``after:`` failed or was killed
 
 
 class Readiness(StrEnum):
@@ -100,6 +101,7 @@ class Job:
     retry_at: float | None = None  # when the next attempt is due, after a failed one
     next_run: float | None = None  # a scheduled job's next slot
     slot: float | None = None  # the slot a pending run is for
+    after_wait: bool = False  # its run request waits for its ``after:`` jobs (after.py)
 
     @property
     def running(self) -> bool:
@@ -113,6 +115,7 @@ class Job:
             and self.version is not None
             and self.version.readiness is Readiness.VALID
             and self.retry_at is None
+            and not self.after_wait
         )
 
 
@@ -208,10 +211,29 @@ class SlotCame:
     now: float
 
 
+class Verdict(StrEnum):
+    """What a job's ``after:`` jobs allow (after.py decides, from the job table)."""
+
+    READY = "ready"  # each has succeeded in its current version: it may run
+    WAITING = "waiting"  # one has not succeeded yet, or does not exist (yet): pending
+    FAILED = "failed"  # one failed or was killed: skipped, until it succeeds
+    CYCLE = "cycle"  # the jobs name each other in a circle: invalid
+
+
+@dataclass(frozen=True, slots=True)
+class AfterChecked:
+    """What the job's ``after:`` jobs allow now, and the sentence that says why."""
+
+    verdict: Verdict
+    reason: str
+    now: float
+
+
 Event: TypeAlias = (
     FileRead | FileMissing | Tick | Launch | Spawned | SpawnFailed | Exited | Vanished | Held
     | Scheduled
     | SlotCame
+    | AfterChecked
 )
 
 
@@ -254,6 +276,19 @@ class Sweep:
 
 Action: TypeAlias = Start | Signal | Sweep
 Result: TypeAlias = tuple[Job, list[Action]]
+
+
+def expired(version: Version, now: float) -> bool:
+    """Its ``not_after`` time has passed: it is never started."""
+    deadline = version.spec.not_after if version.spec else None
+    return deadline is not None and deadline.timestamp() < now
+
+
+def expire(job: Job, v: Version) -> Job:
+    assert v.spec is not None and v.spec.not_after is not None
+    when = v.spec.not_after.isoformat()
+    reason = f"not run: its not_after time {when} had passed"
+    return replace(job, state=State.EXPIRED, reason=reason, after_wait=False)
 
 
 def begin_kill(job: Job, now: float, reason: str) -> Result:

@@ -22,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
+from filerexec import after
 from filerexec.ledger import FileKey, Ledger
 from filerexec.machine import (
     Action,
@@ -116,6 +117,13 @@ class JobTable:
             self.changed.add(name)
             self.unsaved.add(name)
         return actions
+
+    def check_after(self, now: float) -> None:
+        """Ask after.py about every request that waits for its ``after:`` jobs (or may be
+        launched): the launch that follows sees what they allow now."""
+        for job in self.active_jobs():
+            if (checked := after.check(job, self.jobs, now)) is not None:
+                self.apply(job.name, checked)
 
     def launch(self, name: str, run_id: str, now: float) -> list[Action]:
         """Grant a due job a slot; undone by ``undo_launch`` if it cannot be committed."""
@@ -223,7 +231,8 @@ class JobTable:
 
     def _track(self, name: str, job: Job) -> None:
         if phase(job) is not Phase.IDLE or job.missing_since is not None \
-                or job.next_run is not None:  # a scheduled job: its slots come by Tick
+                or job.next_run is not None \
+                or job.after_wait:  # its slots come by Tick; its after: jobs may succeed
             self.active.add(name)
         else:
             self.active.discard(name)

@@ -216,6 +216,7 @@ def job_to_record(job: Job) -> dict[str, Any]:
         "retry_at": job.retry_at,
         "next_run": job.next_run,
         "slot": job.slot,
+        "after_wait": job.after_wait,
         "kill": None if job.kill is None else [job.kill.reason, job.kill.since, job.kill.escalated],
         "run": None if run is None else {
             "run_id": run.run_id, "digest": run.digest, "started": run.started,
@@ -250,4 +251,5 @@ def job_from_record(rec: dict[str, Any]) -> Job:
         retry_at=rec.get("retry_at"),
         next_run=rec.get("next_run"),
         slot=rec.get("slot"),
+        after_wait=rec.get("after_wait", False),
     )

@@ -17,8 +17,10 @@ from dataclasses import replace
 from enum import StrEnum
 from typing import TypeAlias
 
+from filerexec.after import checked, gate
 from filerexec.jobstate import (
     Action,
+    AfterChecked,
     Event,
     Exited,
     FileMissing,
@@ -42,8 +44,11 @@ from filerexec.jobstate import (
     Tick,
     Timing,
     Vanished,
+    Verdict,
     Version,
     begin_kill,
+    expire,
+    expired,
 )
 from filerexec.retry import attempt_text, retry_delay
 from filerexec.schedule import duration as _duration
@@ -60,10 +65,11 @@ from filerexec.slots import (
 HELD = "waiting: "  # heads the reason of a due job the host holds back (a drain, safe mode)
 
 __all__ = [
-    "FREE_SLOT", "HELD", "TABLE", "Action", "Event", "Exited", "FileMissing", "FileRead",
+    "FREE_SLOT", "HELD", "TABLE", "Action", "AfterChecked", "Event", "Exited", "FileMissing",
+    "FileRead",
     "Handler", "Held", "Job", "Kill", "Launch", "Observed", "Phase", "Readiness", "Result",
     "Run", "Scheduled", "Signal", "SpawnFailed", "Spawned", "Start", "State", "Sweep", "Tick",
-    "Timing", "Vanished", "Version", "next_due", "phase", "transition",
+    "Timing", "Vanished", "Verdict", "Version", "next_due", "phase", "transition",
 ]
 
 
@@ -91,12 +97,13 @@ _TIMING = Timing()
 
 def transition(job: Job, event: Event, timing: Timing = _TIMING) -> Result:
     """Apply one event to one job: the new job and the actions to carry out."""
+    before = job
     handler = TABLE.get((phase(job), type(event)), _ignore)
     job, actions = handler(job, event, timing)
     if isinstance(event, Tick) and _passed(job.next_run, event.now):
         job, more = TABLE[(phase(job), SlotCame)](job, SlotCame(event.now), timing)
         actions = [*actions, *more]
-    return job, actions
+    return gate(before, job), actions  # a new request of a version with after: waits
 
 
 def _ignore(job: Job, event: Event, timing: Timing) -> Result:
@@ -119,17 +126,14 @@ def _resting_state(job: Job) -> tuple[State, str]:
     return State.STOPPED, "not started"
 
 
-def _expired(version: Version, now: float) -> bool:
-    deadline = version.spec.not_after if version.spec else None
-    return deadline is not None and deadline.timestamp() < now
-
-
 def _read_idle(job: Job, event: Event, timing: Timing) -> Result:
     """A version arrives while nothing runs: decide whether it is a run request."""
     assert isinstance(event, FileRead)
     v, now = event.version, event.now
-    # A pending request stays one when the same version is read again (a touch).
-    still_due = job.due and job.version is not None and job.version.digest == v.digest
+    # A pending request stays one when the same version is read again (a touch), and
+    # one waiting for its after: jobs keeps what their last check said.
+    still_due = (job.due or job.after_wait) and job.version is not None \
+        and job.version.digest == v.digest
     # Waiting to retry this version: a re-read (a touch, a restart) keeps it waiting.
     retrying = job.state is State.PENDING and job.attempt > 1 and job.run is not None \
         and job.run.digest == v.digest
@@ -153,22 +157,16 @@ def _read_idle(job: Job, event: Event, timing: Timing) -> Result:
     if still_due or _is_request(job, v):
         # last_operation stays as it was until the launch: a stop→start request
         # must survive an invalid edit or a restart before it runs.
-        if _expired(v, now):
-            return _expire(job, v), []
+        if expired(v, now):
+            return expire(job, v), []
         if still_due:
-            job = replace(job, state=State.PENDING, reason=FREE_SLOT)
+            if not job.after_wait:
+                job = replace(job, state=State.PENDING, reason=FREE_SLOT)
             return replace(job, next_run=resting(job, next_run, now)), []
         return request(replace(job, attempt=1), v, now), []
     state, reason = _resting_state(job)
     job = replace(job, state=state, reason=reason, last_operation="start")
     return replace(job, next_run=resting(job, next_run, now)), []
-
-
-def _expire(job: Job, v: Version) -> Job:
-    assert v.spec is not None and v.spec.not_after is not None
-    when = v.spec.not_after.isoformat()
-    reason = f"not run: its not_after time {when} had passed"
-    return replace(job, state=State.EXPIRED, reason=reason)
 
 
 def _read_running(job: Job, event: Event, timing: Timing) -> Result:
@@ -223,7 +221,7 @@ def _tick_waiting(job: Job, event: Event, timing: Timing) -> Result:
     if _deletion_confirmed(job, event.now, timing):
         return _gone(job, event.now, "job file deleted before it could start"), _sweep(job)
     if job.version and _passed(_expiry_due(job), event.now):
-        return _expire(job, job.version), []
+        return expire(job, job.version), []
     if _passed(job.retry_at, event.now):
         return replace(job, retry_at=None, reason="waiting for a free slot to retry"), []
     return job, []
@@ -277,7 +275,8 @@ def _timeout_due(job: Job) -> float | None:
 def _expiry_due(job: Job) -> float | None:
     """A job waiting for a slot expires at its not_after time."""
     spec = job.version.spec if job.version else None
-    if job.running or not job.due or spec is None or spec.not_after is None:
+    waits = job.due or (job.after_wait and job.state is State.PENDING and job.retry_at is None)
+    if job.running or not waits or spec is None or spec.not_after is None:
         return None
     return spec.not_after.timestamp()
 
@@ -404,8 +403,8 @@ def _finish(job: Job, now: float, code: int | None, outcome: State, reason: str)
     if job.queued is not None:
         queued = job.queued
         job = replace(job, version=queued, queued=None, attempt=1)
-        if _expired(queued, now):
-            return _expire(job, queued), []
+        if expired(queued, now):
+            return expire(job, queued), []
         if queued.digest == run.digest and job.next_run is not None:  # overlap: queue or kill
             return replace(job, state=State.PENDING, reason=FREE_SLOT, slot=now), []
         return request(job, queued, now), []
@@ -458,4 +457,6 @@ TABLE: dict[tuple[Phase, type], Handler] = {
     (_P.STOPPING, Exited): _exited,
     (_P.RUNNING, Vanished): _vanished,
     (_P.STOPPING, Vanished): _vanished,
+    (_P.IDLE, AfterChecked): checked,  # skipped, or invalid by a cycle: may run now
+    (_P.WAITING, AfterChecked): checked,
 }

@@ -24,7 +24,7 @@ from filerexec.render import timestamp
 
 # States a job comes to rest in: only these are news (pending and running are not).
 ENDED = frozenset({State.SUCCEEDED, State.FAILED, State.KILLED, State.STOPPED, State.EXPIRED,
-                   State.INVALID, State.REJECTED, State.LOST})
+                   State.INVALID, State.REJECTED, State.LOST, State.SKIPPED})
 EVENTS = tuple(s.value for s in State if s in ENDED)  # what `notify_on:` may name
 RUN_ENDS = frozenset({State.SUCCEEDED, State.FAILED, State.KILLED, State.LOST})
 TAIL_BYTES = 2048  # an event's log_tail is at most this long (and notify_log_tail lines)

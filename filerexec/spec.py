@@ -87,6 +87,7 @@ class JobSpec:
     timezone: str | None = None
     catch_up: str = "latest"
     overlap: str = "skip"
+    after: tuple[str, ...] = ()  # run once these jobs' current versions succeeded (after.py)
     # Whom its events go to (DESIGN §9); None: the host's notify_default / notify_on. Not
     # in the digest: like stdout, they say how a result is reported, not what runs.
     notify: speckeys.Targets | None = None
@@ -593,6 +594,7 @@ def _job(root: Node | None, name: str) -> JobSpec:
             raise _error(f"`{key}` must be {what}, not {_describe(node)}", node, hint) from None
     try:
         speckeys.check_together(values, settings)
+        speckeys.check_after(name, values, settings)
     except speckeys.NodeError as exc:
         raise _error(exc.message, exc.node, exc.hint) from None
     return JobSpec(name=name, **values)

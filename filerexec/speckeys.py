@@ -1,5 +1,5 @@
-"""Converters of the job keys of DESIGN §10 (``retry:``…) and §11 (``slurm:``), beside
-spec.py's own.
+"""Converters of the job keys of DESIGN §10 (``retry:``, ``every:``, ``after:``…) and §11
+(``slurm:``), beside spec.py's own.
 
 Each converter takes the key and its YAML node and returns the JobSpec field's
 value. A wrong value as a whole raises ValueError (spec.py reports it at the
@@ -175,6 +175,34 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[str, Node], str]:
     return convert
 
 
+def _after(key: str, node: Node) -> tuple[str, ...]:
+    """``after: nightly/db`` or a list: job names, as their files are named (a suffix such as
+    ``.yaml`` may be written too)."""
+    from filerexec.names import job_name
+
+    items = node.value if isinstance(node, SequenceNode) else [node]
+    found: dict[str, None] = {}
+    for item in items:
+        text = _text(item) if isinstance(item, ScalarNode) and item.tag != _NULL else ""
+        name = job_name(text) or job_name(f"{text}.yaml") if text else None
+        if name is None:
+            raise NodeError(f"`{key}` must name jobs, not {text or 'this'!r}", item,
+                            "write a job's name as its file is named, e.g. `after: nightly/db`")
+        found[name] = None
+    if not found:
+        raise ValueError("no job names")
+    return tuple(found)
+
+
+def check_after(name: str, values: dict[str, Any], nodes: dict[str, Node]) -> None:
+    """A job cannot wait for itself: reported where ``after:`` names it."""
+    if name not in values.get("after", ()):
+        return
+    node = nodes["after"]
+    items = node.value if isinstance(node, SequenceNode) else [node]
+    at = next((i for i in items if _after("after", i) == (name,)), node)
+    raise NodeError(f"`after:` names this job itself ({name}), so it could never run", at,
+                    "name the jobs it must wait for, or remove `after:`")
 @dataclass(frozen=True, slots=True)
 class Targets:
     """A job file's ``notify:`` (DESIGN §9): target names, and where each is written, so
@@ -252,7 +280,7 @@ def digest_parts(spec: Any) -> dict[str, Any]:
     them keeps the digest it always had."""
     sched = schedule(spec)
     parts = {"retry": spec.retry.canonical() if spec.retry is not None else None,
-             "slurm": sorted(spec.slurm) or None,
+             "slurm": sorted(spec.slurm) or None, "after": list(spec.after) or None,
              "schedule": None if sched is None else [sched.every, sched.cron, sched.timezone,
                                                       sched.catch_up, sched.overlap]}
     return {key: value for key, value in parts.items() if value is not None}
@@ -268,6 +296,7 @@ FIELDS: dict[str, tuple[str, Callable[[str, Node], Any], str, str | None]] = {
     "timezone": ("timezone", _timezone, "a time zone", "e.g. Europe/Zurich"),
     "catch_up": ("catch_up", _one_of(CATCH_UP), "latest or none", None),
     "overlap": ("overlap", _one_of(OVERLAP), "skip, queue or kill", None),
+    "after": ("after", _after, "a job name or a list of them", "e.g. `after: nightly/db`"),
     "notify": ("notify", notify, "a target name, a list of them, or false", _NOTIFY_HINT),
     "notify_on": ("notify_on", notify_on, "a list of states", "e.g. `notify_on: [failed]`"),
 }

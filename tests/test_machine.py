@@ -350,3 +350,17 @@ class JobModel(RuleBasedStateMachine):
 
 TestJobModel = JobModel.TestCase
 TestJobModel.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+
+
+def test_skipped_is_a_row_of_the_table() -> None:
+    from filerexec.machine import TABLE, AfterChecked, Phase, Verdict
+
+    spec = parse_job("commands: x\nafter: dep", "job")
+    job = Job("job", State.SKIPPED, "not run: dep failed (exit code 1)",
+              version=Version(Readiness.VALID, spec), after_wait=True)
+    handler = TABLE[(Phase.IDLE, AfterChecked)]
+    assert handler is TABLE[(Phase.WAITING, AfterChecked)]
+    assert handler(job, AfterChecked(Verdict.READY, "", 1), T)[0].due
+    assert handler(job, AfterChecked(Verdict.FAILED, "again", 1), T)[0].state is State.SKIPPED
+    pending = Job("job", State.PENDING, version=Version(Readiness.VALID, spec), after_wait=True)
+    assert transition(pending, AfterChecked(Verdict.FAILED, "no", 1), T)[0].state is State.SKIPPED

@@ -361,10 +361,10 @@ def test_digest_is_filled_in_for_a_spec_built_by_hand() -> None:
 def test_every_key_is_understood() -> None:
     source = DESIGN_EXAMPLE
     # `otp` belongs to signed jobs (README, Security), not to DESIGN's example;
-    # `retry` and the other keys of DESIGN §10 have their own (tests/test_retry.py, _schedule.py);
-    # `slurm` belongs to Slurm hosts (DESIGN §11; tests/test_slurm.py), `notify` and
-    # `notify_on` to notifications (DESIGN §9; tests/test_notify.py).
-    section_10 = {"retry", "every", "cron", "timezone", "catch_up", "overlap"}
+    # `retry` and the other keys of DESIGN §10 have their own (tests/test_retry.py, _schedule.py,
+    # _after.py); `slurm` belongs to Slurm hosts (DESIGN §11; tests/test_slurm.py), `notify`
+    # and `notify_on` to notifications (DESIGN §9; tests/test_notify.py).
+    section_10 = {"retry", "every", "cron", "timezone", "catch_up", "overlap", "after"}
     others = section_10 | {"otp", "slurm", "notify", "notify_on"}
     assert {line.split(":")[0] for line in source.splitlines()} == KEYS - others
 

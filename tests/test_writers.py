@@ -63,6 +63,7 @@ EVERY_KEY: dict[str, Any] = {
     "overlap": "queue",
     "notify": ["phone", "ops"],
     "notify_on": ["failed", "succeeded"],
+    "after": ["nightly/db", "fetch.yaml"],
 }
 EVERY_KEY_SPEC = JobSpec(
     name="j", commands=(LONG, UNICODE, "echo ok"), stdout=False, hosts=("laptop", "office-pc"),
@@ -73,7 +74,8 @@ EVERY_KEY_SPEC = JobSpec(
     slurm=(("cpus", "4"), ("gres", "gpu:1"), ("mem", "8G"), ("partition", "gpu"),
            ("time", "120")),
     cron="0 3 * * 1-5", timezone="Europe/Zurich", catch_up="none", overlap="queue",
-    notify=Targets(("phone", "ops")), notify_on=("failed", "succeeded"))
+    notify=Targets(("phone", "ops")), notify_on=("failed", "succeeded"),
+    after=("nightly/db", "fetch"))
 
 DOCUMENTS: dict[str, tuple[Any, JobSpec]] = {
     "one long command": ({"commands": LONG}, JobSpec(name="j", commands=(LONG,))),
