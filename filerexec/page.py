@@ -8,16 +8,23 @@ the last lines of the log, every character HTML-escaped). No I/O, no clock.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Iterable, Mapping
 from html import escape
 from typing import Any
 
 from filerexec import APP
 from filerexec.machine import Job, State
-from filerexec.render import log_name, shown, since, split_log, timestamp
+from filerexec.render import (
+    PAGE_JOBS,
+    left_out,
+    log_name,
+    newest,
+    shown,
+    since,
+    split_log,
+    timestamp,
+)
 
-PAGE_JOBS = 200  # jobs shown in full; the rest are named in a line that says where they are
 TAIL_LINES = 10  # log lines shown per job
 TAIL_BYTES = 2000  # and at most this much of them
 
@@ -51,7 +58,7 @@ def render_page(jobs: Iterable[Job], host_doc: Mapping[str, Any], tail: Callable
                 limit: int = PAGE_JOBS) -> str:
     """The page: ``host_doc`` is host.yaml's document; ``tail(name)`` a job's synced log."""
     listed = list(jobs)
-    shown = heapq.nlargest(limit, listed, key=lambda j: (since(j), j.name))
+    on_page = newest(listed, limit, key=lambda j: (since(j), j.name))
     host = str(host_doc.get("host", ""))
     parts = [
         "<!doctype html>",
@@ -62,14 +69,11 @@ def render_page(jobs: Iterable[Job], host_doc: Mapping[str, Any], tail: Callable
         f"<h1>{escape(APP)} on {escape(host)}</h1>",
         _heartbeat(host_doc, listed),
     ]
-    if len(listed) > len(shown):
-        parts.append(f'<p class="note">The newest {len(shown):,} of {len(listed):,} jobs are '
-                     f"shown. The other {len(listed) - len(shown):,} are listed in index.md "
-                     "beside this page; each job's status is in NAME.yaml and its output in "
-                     "NAME.log.</p>")
+    if len(listed) > len(on_page):
+        parts.append(f'<p class="note">{escape(left_out(len(on_page), len(listed)))}</p>')
     if not listed:
         parts.append("<p>No jobs yet: drop a job file into jobs/.</p>")
-    parts.extend(_job(job, tail(job.name) if job.run else b"") for job in shown)
+    parts.extend(_job(job, tail(job.name) if job.run else b"") for job in on_page)
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 

@@ -1,17 +1,19 @@
 """Pure renderers of what the host shows in ``status/HOST/``: no I/O, no clock.
 
 Status files are a *view* of the ledger, never read back to decide anything: a
-job's status document (DESIGN §4), ``index.md``, ``host.yaml``'s document, and
-the synced log's capped tail with its "earlier bytes not shown" head.
+job's status document (DESIGN §4), ``host.yaml``'s document, the synced log's
+capped tail with its "earlier bytes not shown" head, and what ``index.md``
+(textindex.py) and ``index.html`` (page.py) share: which jobs, and what is left out.
 """
 
 from __future__ import annotations
 
+import heapq
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -28,6 +30,8 @@ except ImportError:  # pragma: no cover - PyYAML built without libyaml
 _CUT = f"[{APP}: {{}} earlier bytes not shown]\n"  # heads a log whose start was cut off
 _CUT_RE = re.compile(rb"\[" + APP.encode() + rb": (\d+) earlier bytes not shown\]\n")
 MAX_REFUSED = 20  # refused file names listed in host.yaml
+PAGE_JOBS = 200  # jobs index.md and index.html show; a line says where the others are
+T = TypeVar("T")
 
 
 def timestamp(t: float | None) -> str | None:
@@ -87,78 +91,23 @@ def log_name(name: str) -> str:
 
 
 def since(job: Job) -> float:
-    """When the job last changed state: what ``index.md`` sorts by."""
+    """When the job last changed state: what ``index.md`` and ``index.html`` sort by."""
     run, version = job.run, job.version
     times = [job.deleted, run.finished if run else None, run.started if run else None,
              version.seen if version else None]
     return max((t for t in times if t is not None), default=0.0)
 
 
-def render_index(jobs: Iterable[Job], host: str, now: float,
-                 rows: dict[str, tuple[Job, float, str]] | None = None,
-                 labels: Iterable[str] = ()) -> str:
-    """A Markdown table of every job, newest first, that phones render.
-
-    ``rows`` caches each job's row between calls (reused while the job is unchanged):
-    formatting 10,000 timestamps every time one job changed cost ~0.2 s of the GIL.
-    """
-    cache = {} if rows is None else rows
-    entries = []
-    for job in jobs:
-        hit = cache.get(job.name)
-        if hit is None or hit[0] is not job:
-            hit = cache[job.name] = (job, since(job), _row(job))
-        entries.append(hit)
-    lines = [
-        f"# filerexec on {host}",
-        "",
-        *([f"Labels: {', '.join(labels)}.", ""] if labels else []),
-        f"Updated {timestamp(now)}.",
-        "",
-        "| job | state | since | exit | sync → start | next |",
-        "|---|---|---|---|---|---|",
-    ]
-    if len(cache) > len(entries):  # forget jobs that are gone
-        names = {e[0].name for e in entries}
-        for name in [n for n in cache if n not in names]:
-            del cache[name]
-    entries.sort(key=lambda e: e[1], reverse=True)
-    lines.extend(row for _, _, row in entries)
-    return "\n".join(lines) + "\n"
+def newest(items: Iterable[T], limit: int, key: Callable[[T], tuple[float, str]]) -> list[T]:
+    """The ``limit`` newest, newest first: the jobs ``index.md`` and ``index.html`` show."""
+    return heapq.nlargest(limit, items, key=key)
 
 
-def _row(job: Job) -> str:
-    code = job.run.exit_code if job.run and job.run.exit_code is not None else ""
-    state = shown(job)[0].value + (" (deleted)" if job.deleted else "")
-    when = (timestamp(since(job)) or "").replace("T", " ")
-    after = (timestamp(job.next_run) or "").replace("T", " ")
-    return f"| {_cell(job.name)} | {state} | {when} | {code} | {delays(job)} | {after} |"
-
-
-def delays(job: Job) -> str:
-    """Sync delay (file mtime → first seen here) and host delay (seen → started), compactly.
-
-    "4s → 0s": the file reached this host 4 s after it was saved, and started at once;
-    "4s → …": still waiting to start. A negative sync delay means the clocks disagree.
-    """
-    version, run = job.version, job.run
-    if version is None or version.seen is None or version.mtime is None:
-        return ""
-    text = _seconds(version.seen - version.mtime)
-    if run is not None and run.digest == version.digest and run.started >= version.seen:
-        return f"{text} → {_seconds(run.started - version.seen)}"
-    return f"{text} → …" if shown(job)[0] is State.PENDING else text
-
-
-def _seconds(delta: float) -> str:
-    for unit, size in (("h", 3600), ("m", 60)):
-        if abs(delta) >= size:
-            return f"{round(delta / size)}{unit}"
-    return f"{round(delta)}s"
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
+def left_out(shown: int, total: int) -> str:
+    """What ``index.md`` and ``index.html`` say when they show only the newest jobs."""
+    return (f"The newest {shown:,} of {total:,} jobs are shown. The other {total - shown:,} "
+            "have their status in NAME.yaml and their output in NAME.log, in this folder; "
+            f"`{APP} status` lists every job.")
 
 
 def dump_yaml(doc: Mapping[str, Any]) -> bytes:

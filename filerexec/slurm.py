@@ -195,7 +195,10 @@ class SlurmRunner(RunFiles):
                               str(self.exit_path(start.run_id)), env, spec.stdout, spec.stderr)
         args = sbatch_args(NAME_PREFIX + start.run_id, str(self.output_path(start.run_id)), cwd,
                            self.config, dict(spec.slurm), spec.timeout)
-        t.maybe_submitted = True
+        with self._lock:  # the loop may have cancelled it meanwhile (signal): then never
+            if self._tracked.get(t.run_id) is not t:
+                return
+            t.maybe_submitted = True  # from here a cancel is an scancel, once Slurm has it
         try:
             job_id = slurmcmd.submit(args, script)
         except slurmcmd.Unreachable as e:

@@ -19,8 +19,9 @@ from typing import Any
 from filerexec.machine import Job
 from filerexec.names import job_name
 from filerexec.page import TAIL_BYTES, render_page
-from filerexec.render import dump_yaml, job_status, log_tail, render_index
+from filerexec.render import dump_yaml, job_status, log_tail
 from filerexec.safefile import atomic_write, holds, read_tail, remove_below
+from filerexec.textindex import Row, render_index
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class StatusDir:
         self.host = host
         self.labels = labels
         self.spool = spool  # trusted; everything below it is synced and may hold links
-        self._index_rows: dict[str, tuple[Job, float, str]] = {}
+        self._index_rows: dict[str, Row] = {}
         self._tails: dict[str, bytes] = {}  # each log's end as last written (for index.html)
 
     def job_path(self, name: str) -> Path:

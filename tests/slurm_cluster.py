@@ -119,6 +119,10 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
                   f"--seed-file={m / 'munged.seed'}")
         self.start_controller()
         self._run("slurmd", "-f", str(self.conf), "-N", self.node)
+        self.wait_idle()
+
+    def wait_idle(self) -> None:
+        """Until the controller answers and the node takes jobs."""
         wait_for(lambda: self._run("sinfo", "-h", "-n", self.node, "-o", "%T",
                                    check=False).stdout.strip() == "idle",
                  timeout=30, interval=0.1, what=f"the Slurm node to be idle ({self.root}/log)")

@@ -30,7 +30,7 @@ from filerexec.page import COLOURS
 from filerexec.spec import SpecError, parse_job
 from tests.conftest import Host
 from tests.test_machine import History, T
-from tests.util import wait_for
+from tests.util import index_states, wait_for
 
 # ---- the key --------------------------------------------------------------------------------
 
@@ -304,13 +304,14 @@ def test_a_failed_dependency_skips_and_its_next_success_runs() -> None:
 
 
 def test_skipped_has_a_colour_and_a_place_in_every_view() -> None:
-    from filerexec.render import counts, render_index
+    from filerexec.render import counts
+    from filerexec.textindex import render_index
 
     job = Job("b", State.SKIPPED, "not run: a failed (exit code 3)", version=valid(AFTER, "b"),
               after_wait=True)
     assert State.SKIPPED in COLOURS and COLOURS[State.SKIPPED] not in (
         COLOURS[State.FAILED], COLOURS[State.PENDING])
-    assert "| skipped |" in render_index([job], "pc", 10).replace("`", "")
+    assert index_states(render_index([job], "pc", 10)) == {"b": "skipped"}
     assert counts([job]) == {"skipped": 1}
 
 
@@ -336,8 +337,8 @@ def test_dependencies_in_a_real_daemon(host: Host, tmp_path: Path) -> None:
     assert order.read_text().split() == ["a", "b", "c"]
     doc = host.wait_state("g", "skipped")
     assert doc["reason"] == "not run: f failed (exit code 3); it runs once f succeeds"
-    wait_for(lambda: "| g | skipped |" in (host.status_dir / "index.md").read_text(),
-             what="index.md to show g skipped")
+    wait_for(lambda: index_states((host.status_dir / "index.md").read_text()).get("g") ==
+             "skipped", what="index.md to show g skipped")
     wait_for(lambda: f"--c:{COLOURS[State.SKIPPED]}" in (host.status_dir / "index.html")
              .read_text(), what="index.html to show g in the colour of skipped")
     assert "x → y → x" in host.wait_state("x", "invalid")["reason"]

@@ -16,7 +16,7 @@ from filerexec.config import Settings
 from filerexec.daemon import Daemon
 from tests.conftest import Host, pid_alive
 from tests.test_model import FakeProcs
-from tests.util import wait_for
+from tests.util import index_states, wait_for
 
 
 def started_runs(host: Host, job: str) -> int:
@@ -36,8 +36,8 @@ def test_drop_runs_and_status_files_appear(host: Host) -> None:
         assert key in doc, key
     assert "hello" in host.log_of("hello") and "oops" in host.log_of("hello")
     index = host.status_dir / "index.md"
-    wait_for(lambda: index.exists() and "| hello | succeeded |" in index.read_text(),
-             what="index.md to list the job")
+    wait_for(lambda: index.exists() and index_states(index.read_text()).get("hello") ==
+             "succeeded", what="index.md to list the job")
     heartbeat = host.heartbeat()
     assert heartbeat["pid"] == host.proc.pid if host.proc else False
     assert heartbeat["watcher"] and heartbeat["jobs"]

@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 
 from filerexec.machine import Job, Run, State
-from filerexec.page import COLOURS, PAGE_JOBS, duration, last_lines, render_page
-from filerexec.render import counts, job_status, render_index, timestamp
+from filerexec.page import COLOURS, duration, last_lines, render_page
+from filerexec.render import PAGE_JOBS, counts, job_status, left_out, timestamp
+from filerexec.textindex import render_index
 from filerexec.writer import StatusDir
 from tests.conftest import Host
-from tests.util import wait_for
+from tests.util import index_states, wait_for
 
 HOST_DOC: dict[str, Any] = {"host": "h", "state": "serving",
                             "updated": "2026-11-28T06:05:00+01:00",
@@ -61,7 +62,8 @@ def test_ten_thousand_jobs_stay_a_sensible_size() -> None:
     assert html.count('class="job"') == PAGE_JOBS
     assert ">job-09999<" in html and f">job-{10_000 - PAGE_JOBS:05}<" in html
     assert f">job-{10_000 - PAGE_JOBS - 1:05}<" not in html
-    assert f"The other {10_000 - PAGE_JOBS:,} are listed in index.md" in html
+    assert f"The other {10_000 - PAGE_JOBS:,} have their status in NAME.yaml" in html
+    assert html.index(left_out(PAGE_JOBS, 10_000)) < html.index(">job-09999<")
 
 
 def test_log_tail_keeps_the_last_lines_and_bytes() -> None:
@@ -209,7 +211,7 @@ def test_a_run_in_a_schedulers_queue_is_pending_on_every_page() -> None:
     doc = job_status(queued, "h")
     assert (doc["state"], doc["reason"], doc["slurm_job"]) == (
         "pending", "queued in Slurm: Priority", "17")
-    assert "| queued | pending |" in render_index(jobs, "h", 2000.0, {})
+    assert index_states(render_index(jobs, "h", 2000.0, {}))["queued"] == "pending"
     html = render_page(jobs, HOST_DOC, lambda name: b"")
     assert "1 pending, 1 running" in html and "queued in Slurm: Priority" in html
     assert f'--c:{COLOURS[State.PENDING]}"><h2><span>queued<' in html

@@ -24,7 +24,7 @@ from filerexec.signing import sign, totp
 from filerexec.spool import scan
 from filerexec.writer import StatusDir
 from tests.conftest import Host
-from tests.util import wait_for
+from tests.util import index_states, wait_for
 
 TOUCH = "commands: touch {marker}\n"
 
@@ -98,7 +98,7 @@ def test_hostile_files_are_refused_and_nothing_is_written_outside_status_host(
     assert "backslash" in refused["a\\..\\..\\escape.yaml"]
     assert "reserved" in refused["host.yaml"] and "reserved" in refused["index.md/x.yaml"]
     assert heartbeat(host)["host"] == "testhost" and "job" not in heartbeat(host)
-    wait_for(lambda: "| last |" in (host.status_dir / "index.md").read_text(),
+    wait_for(lambda: "last" in index_states((host.status_dir / "index.md").read_text()),
              what="index.md")
     host.stop()
 
@@ -170,7 +170,8 @@ def test_status_files_hold_no_environment_values(host: Host) -> None:
     host.start()
     host.drop("env.yaml", "commands: 'true'\nenv: {API_TOKEN: s3cr3t-value-42}\n")
     host.wait_state("env", "succeeded")
-    wait_for(lambda: "| env |" in (host.status_dir / "index.md").read_text(), what="index.md")
+    wait_for(lambda: "env" in index_states((host.status_dir / "index.md").read_text()),
+             what="index.md")
     host.stop()  # nothing is being written (a temp file listed, then renamed, raced the read)
     for path in files_under(host.status_dir):
         assert b"s3cr3t-value-42" not in path.read_bytes(), path

@@ -5,7 +5,9 @@ job runs or after it ended, and the Slurm controller down. On the real private c
 
 from __future__ import annotations
 
+import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,18 @@ from tests.conftest import Host
 from tests.dying_slurm_daemon import DIED_AFTER_SBATCH
 from tests.slurm_cluster import Cluster
 from tests.util import wait_for
+
+
+def slow_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str,
+               script: str) -> None:
+    """Put a wrapper of one real Slurm command first on the daemon's PATH: ``script`` runs
+    around the real one (``$REAL "$@"``): a slow controller, an answer that is lost."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    wrapper = bin_dir / command
+    wrapper.write_text(f"#!/bin/sh\nREAL=/usr/bin/{command}\n{script}\n")
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
 
 
 def running_in_slurm(host: Host, job: str) -> str:
@@ -77,3 +91,74 @@ def test_a_job_that_ended_while_the_daemon_was_down_gets_its_exit_code(
     doc = slurm_host.wait_state("brief", "failed", timeout=30)
     assert (doc["exit_code"], doc["reason"]) == (5, "exit code 5")
     assert "done" in slurm_host.log_of("brief")
+
+
+@pytest.mark.slow
+def test_with_the_controller_down_jobs_wait_and_the_loop_goes_on(
+        slurm_host: Host, cluster: Cluster, tmp_path: Path) -> None:
+    """sbatch and scontrol block ~9 s, then fail: the job waits `pending` with the reason,
+    the daemon's loop goes on meanwhile, and once the controller is back it runs once."""
+    count = tmp_path / "count"
+    slurm_host.start()
+    cluster.stop_controller()
+    try:
+        slurm_host.drop("wait.yaml", f"commands: echo ran >> {count}\n")
+        slurm_host.wait_state("wait", "pending")
+        asked = time.monotonic()  # the worker is now blocked in a Slurm command
+        slurm_host.drop("broken.yaml", "commands: [\n")
+        slurm_host.drop("greedy.yaml", "commands: 'true'\nslurm: {partition: gpu}\n")
+        slurm_host.wait_state("broken", "invalid", timeout=5)
+        slurm_host.wait_state("greedy", "rejected", timeout=5)
+        assert time.monotonic() - asked < 5  # not after the ~9 s Slurm's commands take
+        doc = wait_for(lambda: (d := slurm_host.status("wait")) and
+                       d["reason"].startswith("waiting for the Slurm controller (") and d,
+                       timeout=40, what="the reason to name the controller")
+        assert doc["state"] == "pending" and "Unable to contact slurm controller" in \
+            doc["reason"] and "slurm_job" not in doc
+        assert slurm_host.heartbeat()["jobs"]["pending"] == 1
+    finally:
+        cluster.start_controller()
+    cluster.wait_idle()
+    doc = slurm_host.wait_state("wait", "succeeded", timeout=60)
+    assert count.read_text() == "ran\n"
+    assert cluster.submitted(str(slurm_host.state)) == [str(doc["slurm_job"])]
+
+
+@pytest.mark.slow
+def test_a_submission_whose_answer_was_lost_is_found_not_made_again(
+        slurm_host: Host, cluster: Cluster, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """sbatch reached the controller, but its answer never came back (here: the real sbatch
+    ran, then the wrapper says what sbatch says of a controller gone): the worker asks
+    for the run's name before submitting again, and finds it."""
+    count = tmp_path / "count"
+    slow_slurm(tmp_path, monkeypatch, "sbatch", '"$REAL" "$@" >/dev/null || exit\n'
+               'echo "sbatch: error: Batch job submission failed: Unable to contact slurm '
+               'controller (connect failure)" >&2; exit 1')
+    slurm_host.start()
+    slurm_host.drop("lost-answer.yaml", f"commands: echo ran >> {count}\n")
+    doc = slurm_host.wait_state("lost-answer", "succeeded", timeout=30)
+    assert count.read_text() == "ran\n"
+    assert cluster.submitted(str(slurm_host.state)) == [str(doc["slurm_job"])]
+    log = slurm_host.log.read_text()
+    assert "asking for it by name" in log and "by its name" in log
+
+
+@pytest.mark.slow
+def test_a_job_deleted_while_slurm_is_slow_to_answer_is_never_submitted(
+        slurm_host: Host, cluster: Cluster, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker is asking Slurm what it knows (4 s, a busy controller) when the job's
+    file is deleted and the loop cancels the run: the worker must not submit it after."""
+    marker = tmp_path / "ran"
+    slow_slurm(tmp_path, monkeypatch, "scontrol", 'sleep 4; exec "$REAL" "$@"')
+    slurm_host.start()
+    job = slurm_host.drop("gone.yaml", f"commands: touch {marker}\n")
+    slurm_host.wait_state("gone", "pending")  # being submitted: the worker asks scontrol
+    job.unlink()
+    doc = slurm_host.wait_state("gone", "killed", timeout=15)
+    assert doc["reason"] == "job file deleted" and "slurm_job" not in doc
+    slurm_host.drop("next.yaml", "commands: 'true'\n")  # submitted only in a later round
+    wait_for(lambda: (d := slurm_host.status("next")) and d.get("slurm_job"), timeout=40,
+             what="the next job to be submitted")
+    assert len(cluster.submitted(str(slurm_host.state))) == 1 and not marker.exists()

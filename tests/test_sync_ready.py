@@ -23,13 +23,14 @@ import yaml
 from filerexec.config import Settings
 from filerexec.daemon import Daemon
 from filerexec.machine import Job, Readiness, Run, State, Version
-from filerexec.render import delays, timestamp
+from filerexec.render import timestamp
 from filerexec.spec import parse_job
 from filerexec.spool import FileStat, NotReady, is_placeholder, read_job_file
+from filerexec.textindex import delays
 from tests.conftest import Host
 from tests.test_daemon import started_runs
 from tests.test_model import FakeProcs
-from tests.util import wait_for
+from tests.util import index_jobs, wait_for
 
 
 def drop_with_mtime(host: Host, name: str, text: str, mtime: float) -> Path:
@@ -42,10 +43,9 @@ def drop_with_mtime(host: Host, name: str, text: str, mtime: float) -> Path:
     return target
 
 
-def index_row(host: Host, job: str) -> str:
+def index_facts(host: Host, job: str) -> dict[str, str]:
     index = host.status_dir / "index.md"
-    text = index.read_text() if index.exists() else ""
-    return next((line for line in text.splitlines() if line.startswith(f"| {job} |")), "")
+    return index_jobs(index.read_text() if index.exists() else "").get(job, {})
 
 
 # --- sync-delay telemetry -----------------------------------------------------
@@ -60,8 +60,9 @@ def test_status_and_index_show_sync_delay_and_start_delay(host: Host) -> None:
     seen, started = datetime.fromisoformat(doc["seen"]), datetime.fromisoformat(doc["started"])
     assert timedelta(seconds=6) <= seen - datetime.fromisoformat(doc["modified"])
     assert started - seen <= timedelta(seconds=1)
-    row = wait_for(lambda: index_row(host, "late-sync"), what="index.md to list the job")
-    assert re.search(r"\| [78]s → [01]s \|  \|$", row), row  # next: none
+    facts = wait_for(lambda: index_facts(host, "late-sync"), what="index.md to list the job")
+    assert re.fullmatch(r"[78]s → [01]s", facts["sync → start"]), facts
+    assert "next" not in facts
 
 
 def test_delays_rendering() -> None:
@@ -191,7 +192,7 @@ def test_job_arriving_after_not_after_is_expired_not_run(host: Host, tmp_path: P
     assert doc["reason"] == f"not run: its not_after time {deadline.isoformat()} had passed"
     assert "started" not in doc and doc["runs"] == 0
     host.wait_state("fresh", "succeeded")
-    wait_for(lambda: "| stale | expired |" in (host.status_dir / "index.md").read_text(),
+    wait_for(lambda: index_facts(host, "stale").get("state") == "expired",
              what="index.md to list the expired job")
     assert not marker.exists() and started_runs(host, "stale") == 0
 

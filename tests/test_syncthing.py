@@ -23,7 +23,7 @@ import yaml
 
 from tests.conftest import Host, _kill_leftovers, pid_alive
 from tests.syncthing import Mesh, unavailable_reason
-from tests.util import wait_for
+from tests.util import index_states, wait_for
 
 pytestmark = [pytest.mark.syncthing, pytest.mark.slow]
 
@@ -141,8 +141,8 @@ def test_phone_drops_host_runs_phone_reads_status_and_log(fleet: Fleet) -> None:
     wait_for(lambda: log.exists() and "hello from a" in log.read_text(), timeout=SYNC,
              what="the phone to read the log")
     index = fleet.phone / "status" / "a" / "index.md"
-    wait_for(lambda: index.exists() and "| hello | succeeded |" in index.read_text(),
-             timeout=SYNC, what="the phone to read index.md")
+    wait_for(lambda: index.exists() and index_states(index.read_text()).get("hello") ==
+             "succeeded", timeout=SYNC, what="the phone to read index.md")
     # Sync-delay telemetry: the phone's mtime (synced with the file), then the host.
     modified, seen, started = (datetime.fromisoformat(doc[k])
                                for k in ("modified", "seen", "started"))

@@ -30,3 +30,30 @@ def holds(predicate: Callable[[], object], seconds: float, interval: float = 0.1
     while time.monotonic() < deadline:
         assert predicate(), f"{what} stopped holding"
         time.sleep(interval)
+
+
+def index_jobs(text: str) -> dict[str, dict[str, str]]:
+    """``index.md`` read back: each job's name → its facts (``state``, ``since``, ``exit
+    code``, ``reason``, ``sync → start``, ``next``), as a person reads the blocks."""
+    from filerexec.textindex import SEP
+
+    jobs: dict[str, dict[str, str]] = {}
+    facts: dict[str, str] = {}
+    key = ""
+    for line in text.splitlines():
+        if line.startswith("## "):
+            name, state = line[3:].rsplit(SEP, 1) if SEP in line else (line[3:], "")
+            facts = jobs[name] = {"state": state} if state else {}
+        elif line.startswith("- ") and ": " in line:
+            key, value = line[2:].split(": ", 1)
+            facts[key] = value
+        elif line.startswith("  ") and key:  # a wrapped value goes on
+            facts[key] += " " + line.strip()
+        else:
+            key = ""
+    return jobs
+
+
+def index_states(text: str) -> dict[str, str]:
+    """``index.md``'s jobs: name → state (with " (deleted)" for a deleted job's)."""
+    return {name: facts.get("state", "") for name, facts in index_jobs(text).items()}
