@@ -235,7 +235,8 @@ def test_a_scheduled_job_is_active_and_index_shows_its_next_run() -> None:
 # ---- a real daemon ------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_every_2s_runs_once_per_slot_across_a_kill_9_and_a_restart(host: Host, tmp_path: Path) -> None:
+def test_every_2s_runs_once_per_slot_across_a_kill_9_and_a_restart(
+        host: Host, tmp_path: Path) -> None:
     out = tmp_path / "slots"
     host.start()
     host.drop("tick.yaml", f"commands: echo $(date +%s.%N) >> {out}\nevery: 2s\n")
