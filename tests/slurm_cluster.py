@@ -61,6 +61,10 @@ class Cluster:
         self.env = {**os.environ, "SLURM_CONF": str(self.conf), "PATH": path}
 
     def _write_config(self) -> None:
+        """Only what must differ from Slurm's defaults: the "none" plugins (accounting,
+        job completion, switch, MPI, task) are left to the default, as Slurm 22.05 (Debian
+        12) and 24.11 (Debian 13) both load it, where a newer Slurm may no longer know a
+        plugin named in the file."""
         r = self.root
         for sub in ("etc", "munge", "state", "spool", f"spool/slurmd-{self.node}", "log", "run"):
             (r / sub).mkdir(parents=True, exist_ok=True)
@@ -84,16 +88,10 @@ SlurmdPidFile={r}/run/slurmd-%n.pid
 SlurmctldLogFile={r}/log/slurmctld.log
 SlurmdLogFile={r}/log/slurmd-%n.log
 ProctrackType=proctrack/{_proctrack()}
-TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
 SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
-JobCompType=jobcomp/none
-MpiDefault=none
-SwitchType=switch/none
 ReturnToService=2
 MinJobAge={self.min_job_age}
 KillWait={self.kill_wait}

@@ -6,6 +6,7 @@ job runs or after it ended, and the Slurm controller down. On the real private c
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -25,7 +26,9 @@ def slow_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str,
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     wrapper = bin_dir / command
-    wrapper.write_text(f"#!/bin/sh\nREAL=/usr/bin/{command}\n{script}\n")
+    real = shutil.which(command)
+    assert real is not None, command
+    wrapper.write_text(f"#!/bin/sh\nREAL={real}\n{script}\n")
     wrapper.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
 

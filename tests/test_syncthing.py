@@ -28,6 +28,7 @@ from tests.util import index_states, wait_for
 pytestmark = [pytest.mark.syncthing, pytest.mark.slow]
 
 HOSTS = ("a", "b")
+LABELS = {"a": ("gpu", "linux"), "b": ("linux",)}  # each host's `serve --label`s
 SYNC = 60  # generous: a sync round trip is about a second here, a reconnect a few seconds
 
 
@@ -106,7 +107,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 (mesh.folder(name) / sub).mkdir(exist_ok=True)
         for name in HOSTS:
             hosts[name] = Host(mesh.folder(name), root / f"state-{name}", name)
-            hosts[name].start()
+            hosts[name].start(*(f"--label={label}" for label in LABELS[name]))
         out = root / "out"
         out.mkdir()
         yield Fleet(mesh, hosts, out)
@@ -233,6 +234,29 @@ def test_fleet_host_field_decides_who_runs(fleet: Fleet) -> None:
     assert sorted(fleet.runs("everywhere")) == ["a", "b"]
     for peer in fleet.mesh.peers:
         assert fleet.status("b", "only-a", peer) is None, peer
+
+
+def test_a_job_for_a_label_runs_on_exactly_the_hosts_that_carry_it(fleet: Fleet) -> None:
+    fleet.drop("for-gpu.yaml", f"commands: {fleet.record('for-gpu')}\nhost: GPU\n")
+    fleet.drop("for-linux.yaml", f"commands: {fleet.record('for-linux')}\nhost: linux\n")
+    fleet.drop("for-arm.yaml", f"commands: {fleet.record('for-arm')}\nhost: arm\n")
+    fleet.wait_status("a", "for-gpu", "succeeded")
+    fleet.wait_status("a", "for-linux", "succeeded")
+    fleet.wait_status("b", "for-linux", "succeeded")
+    fleet.mesh.wait_synced()  # every file is on every host: one listing more sees them all
+    fleet.drop("labels-seen.yaml", "commands: 'true'\n")
+    for name in HOSTS:
+        fleet.wait_status(name, "labels-seen", "succeeded")
+    fleet.mesh.wait_synced()
+    assert fleet.runs("for-gpu") == ["a"] and fleet.runs("for-arm") == []
+    assert sorted(fleet.runs("for-linux")) == ["a", "b"]
+    for peer in fleet.mesh.peers:  # no host wrote anything about a job not meant for it
+        assert fleet.status("b", "for-gpu", peer) is None, peer
+        assert fleet.status("a", "for-arm", peer) is None and \
+            fleet.status("b", "for-arm", peer) is None, peer
+    for name, labels in LABELS.items():  # the phone sees each host's labels
+        beat = yaml.safe_load((fleet.phone / "status" / name / "host.yaml").read_text())
+        assert beat["labels"] == list(labels), name
 
 
 def test_expired_job_not_run_status_says_when(fleet: Fleet) -> None:
