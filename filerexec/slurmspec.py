@@ -72,8 +72,9 @@ def job_problem(requested: Mapping[str, str], config: SlurmConfig) -> str | None
 
 
 def time_limit(seconds: float) -> str:
-    """``--time`` for a timeout: whole minutes (Slurm's unit), rounded up, at least one."""
-    return str(max(1, math.ceil(seconds / 60)))
+    """``--time`` for a timeout: whole minutes (Slurm's unit), rounded up, and one more, so
+    that while the daemon watches, its own kill (to the second, with its reason) comes first."""
+    return str(max(1, math.ceil(seconds / 60)) + 1)
 
 
 def sbatch_args(name: str, output: str, cwd: str, config: SlurmConfig,
