@@ -325,7 +325,7 @@ KEYS: tuple[Key, ...] = (
     Key("poll", _bool, "no file events (network shares): list jobs/ every second",
         "--poll"),
     Key("max_parallel", _positive_int, "jobs running at once", "--max-parallel"),
-    Key("rescan_interval", _interval, "full rescan of jobs/", "--rescan"),
+    Key("rescan_interval", _interval, "periodic rescan of jobs/", "--rescan"),
     Key("heartbeat_interval", _interval, "host.yaml refresh", "--heartbeat"),
     Key("delete_grace", _duration, "a job file must stay absent this long to count "
         "as deleted", "--delete-grace"),

@@ -182,13 +182,13 @@ class Daemon:
         if hints and (arrived := self.reconciler.fast(now, hints)):
             self._observe(arrived)
             self._launch_due(now)  # the files that arrived start before jobs/ is listed
-        # A file written in place is due once it has stood still: read it then (not at the
-        # next rescan, and without spinning on its passed deadline until then).
+        # A file written in place is read once it has stood still, not at the next rescan.
         settled = self.reconciler.settle_due(now)
-        if hints or settled or now >= self._next_scan:
+        lost = self.hints.take_lost()  # e.g. an overflow: list jobs/, whatever its folders say
+        if hints or settled or lost or now >= self._next_scan:
             if not self.settings.poll:
                 self.watcher.ensure()
-            seen = self.reconciler.reconcile(now, hints)
+            seen = self.reconciler.reconcile(now, hints, self.watcher.trusted and not lost)
             self.table.changed |= seen.restatus
             self._observe(seen.events)
             self._next_scan = now + self.settings.scan_interval

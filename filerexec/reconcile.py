@@ -40,10 +40,15 @@ from filerexec.spool import (
     list_jobs,
     read_job_file,
     stat_file,
+    unchanged,
 )
 from filerexec.watch import Hint
 
 logger = logging.getLogger(__name__)
+
+# However well the watcher and the folders' stats say nothing changed, jobs/ is listed in
+# full this often: the backstop for a file written in place whose events were lost.
+FULL_LISTING = 600.0
 
 Admit = Callable[[str, bytes, float], Verdict]  # what a file's bytes are (admission.py)
 
@@ -81,6 +86,7 @@ class Reconciler:
         self._spellings = Spellings()  # the job names the last listing accepted
         self._seen: dict[str, tuple[str, float]] = {}  # job → (digest, first seen), ledger
         self._restored: dict[str, FileKey] = {}  # files whose verdict the ledger holds
+        self._full_due = 0.0  # the backstop: a full listing, whatever else says
 
     def restore(self, seen: dict[str, tuple[str, float]], files: dict[str, FileKey]) -> None:
         """What the ledger remembers: first-seen times, and files not to read again."""
@@ -98,8 +104,34 @@ class Reconciler:
     def settle_due(self, now: float) -> bool:
         return any(now >= t for t in self.settling)
 
-    def reconcile(self, now: float, hints: dict[str, Hint]) -> Observations:
-        """List ``jobs/`` and report the difference with what was seen before."""
+    def _look(self, now: float, trusted: bool) -> bool:
+        """Whether ``jobs/`` must be listed now, found the cheap way where that is enough.
+
+        With a ``trusted`` watcher (running since the last listing, no event lost) a file
+        written in place announces itself, so what a periodic listing could find that the
+        watcher did not is an entry created, deleted or renamed while events were lost:
+        each changes its folder's stat, and one lstat per folder shows it. Listed anyway:
+        after a lost event or without a watcher, while a file waits to settle or to be
+        readable, while part of jobs/ could not be listed, and every ``FULL_LISTING``.
+        """
+        listing = self._listing
+        if not trusted or listing is None or now >= self._full_due:
+            return True
+        if self._unsettled or listing.unlisted or not self.known.keys() >= listing.jobs.keys():
+            return True  # something waits to be read again: the listing retries it
+        if unchanged(self.settings.jobs_dir, listing):
+            self.last_scan = now
+            return False
+        return True
+
+    def reconcile(self, now: float, hints: dict[str, Hint], trusted: bool = False) -> Observations:
+        """List ``jobs/`` and report the difference with what was seen before.
+
+        Without ``hints`` from a ``trusted`` watcher, only where a look says it must
+        (``_look``): a periodic rescan of 10,000 files is one lstat per folder.
+        """
+        if not hints and not self._look(now, trusted):
+            return Observations()
         listing: Listing | None = None
         problem: str | None = None
         try:
@@ -107,6 +139,7 @@ class Reconciler:
         except Unavailable as e:
             problem = str(e)
         self.last_scan = now
+        self._full_due = now + max(FULL_LISTING, self.settings.scan_interval)
         seen = Observations()
         if problem != self.spool_problem:
             if problem is not None:

@@ -10,6 +10,7 @@ import errno
 import functools
 import os
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,12 @@ class FileStat:
         return (self.size, self.mtime_ns, self.ino, self.ctime_ns)
 
 
+FolderKey = tuple[int, int, int, int, int]  # dev, ino, mode, mtime_ns, ctime_ns
+# A folder changed this close to its listing may change again within the same timestamp
+# tick without its stat showing it (mtime and ctime are coarse): list it again next time.
+RACY_NS = 3_000_000_000
+
+
 @dataclass(slots=True)
 class Listing:
     """One pass over ``jobs/``: job files by job name, conflicted copies by job name."""
@@ -84,6 +91,10 @@ class Listing:
     refused: dict[str, str] = field(default_factory=dict)  # unsafe job-like names → why
     # Entries and folders that could not be examined: the jobs in them are not missing.
     unlisted: set[str] = field(default_factory=set)
+    # Each folder walked ("" is jobs/ itself, "a/b/" one below), as it was before its
+    # entries were read: a folder whose stat is still this has the same entries.
+    folders: dict[str, FolderKey] = field(default_factory=dict)
+    listed_ns: int = 0  # the wall clock when the listing began
 
     def refuse(self, rel: str, why: str) -> None:
         """An entry (a folder ends in "/") that cannot be listed: refused, never missing."""
@@ -94,6 +105,31 @@ class Listing:
         """Whether job ``name`` may be in a part of jobs/ that could not be listed."""
         return any(name.startswith(rel) if rel.endswith("/") else _classify(rel).job == name
                    for rel in self.unlisted)
+
+
+def _folder_key(st: os.stat_result) -> FolderKey:
+    return (st.st_dev, st.st_ino, st.st_mode, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def unchanged(jobs_dir: Path, listing: Listing) -> bool:
+    """Whether every folder of ``listing`` still has the entries it had: no file was
+    created, deleted or renamed in (or into, or out of) any of them since.
+
+    One lstat per folder, where a listing stats every file. It cannot see a file written
+    in place (its folder does not change): the watcher's events say so, and a full
+    listing now and then is the backstop. Racy folders (changed just before the
+    listing) count as changed.
+    """
+    racy = listing.listed_ns - RACY_NS
+    for rel, key in listing.folders.items():
+        if max(key[3], key[4]) >= racy:
+            return False
+        try:
+            if _folder_key(os.lstat(os.path.join(jobs_dir, rel.rstrip("/")))) != key:
+                return False
+        except OSError:
+            return False
+    return bool(listing.folders)
 
 
 class Unavailable(Exception):
@@ -125,9 +161,11 @@ Folder = int | str  # a descriptor, or a path where descriptors cannot be walked
 def list_jobs(jobs_dir: Path) -> Listing:
     """Every job file under ``jobs_dir``, never following a link; Unavailable if it cannot
     be listed at all. An entry or folder that cannot be examined is listed as refused."""
-    listing = Listing()
+    listing = Listing(listed_ns=time.time_ns())
     top = _open_top(jobs_dir)
     try:
+        listing.folders[""] = _folder_key(os.fstat(top) if isinstance(top, int)
+                                          else os.lstat(top))
         with os.scandir(top) as entries:
             _walk(top, entries, str(jobs_dir), "", listing, {})
     except OSError as e:
@@ -200,6 +238,8 @@ def _walk_below(folder: Folder, name: str, where: str, prefix: str, listing: Lis
         listing.refuse(prefix, f"the folder cannot be opened: {_words(e)}")
         return
     try:
+        listing.folders[prefix] = _folder_key(os.fstat(below) if isinstance(below, int)
+                                              else os.lstat(below))
         with os.scandir(below) as entries:
             _walk(below, entries, where, prefix, listing, chosen)
     except OSError as e:

@@ -4,6 +4,9 @@ Events never decide anything; they wake the reconciler and say which paths
 arrived complete (moved into place or closed after writing) so those are read
 at once. Events are lost on overflow, on network shares and with some editors,
 so the daemon also rescans periodically; ``--poll`` relies on the rescan alone.
+A watcher whose lost events are reported (``Hints.lost``: the kernel's queue
+overflowed, the watcher restarted) is ``trusted``: its periodic rescan may look
+at the folders' stats only (reconcile.py).
 """
 
 from __future__ import annotations
@@ -49,6 +52,19 @@ class Hints:
         self._paths: dict[str, Hint] = {}
         self._wake = wake
         self.overflowed = False
+        self._lost = False  # events the watcher never saw: the next look lists jobs/
+
+    def lost(self) -> None:
+        """Events were lost (the kernel's queue overflowed, the watcher restarted)."""
+        with self._lock:
+            self._lost = True
+        self._wake()
+
+    def take_lost(self) -> bool:
+        """Whether events were lost since the last call."""
+        with self._lock:
+            lost, self._lost = self._lost, False
+        return lost
 
     def add(self, path: str, hint: Hint) -> None:
         with self._lock:
@@ -116,6 +132,28 @@ def _shorten_move_pairing() -> None:
     InotifyMoveEventGrouper.delay = MOVE_PAIRING
 
 
+def _report_overflow(observer: BaseObserver, lost: Callable[[], None]) -> bool:
+    """Call ``lost`` when the kernel's inotify queue overflows; whether that could be set up.
+
+    watchdog 7 handles an overflow itself (it logs it and re-adds its watches) but tells
+    no handler, so its reader's ``handle_event`` is wrapped. Where that reader is not
+    there (other watchdog versions, other systems), overflows go unseen: the watcher is
+    not trusted, and every periodic rescan lists all of jobs/.
+    """
+    reader = getattr(observer, "_inotify_fd", None)
+    handle = getattr(reader, "handle_event", None)
+    if reader is None or handle is None:
+        return False
+
+    def handle_event(event: object) -> None:
+        if getattr(event, "is_queue_overflow", False):
+            lost()
+        handle(event)
+
+    reader.handle_event = handle_event
+    return True
+
+
 def _noise(event: FileSystemEvent) -> bool:
     """A file event about names that are never read (temp files, metadata) on both ends."""
     paths = [event.src_path, event.dest_path] if isinstance(event, FileMovedEvent) else [
@@ -136,6 +174,7 @@ class Watcher:
         self._hints = hints
         self._observer: BaseObserver | None = None
         self._watched: tuple[int, int] | None = None
+        self.trusted = False  # its lost events are known (an overflow reaches ``Hints.lost``)
 
     @property
     def kind(self) -> str:
@@ -165,8 +204,11 @@ class Watcher:
             logger.warning("cannot watch %s (%s); relying on the periodic rescan", self.jobs_dir, e)
             return
         self._observer, self._watched = observer, (st.st_dev, st.st_ino)
+        self.trusted = _report_overflow(observer, self._hints.lost)
+        self._hints.lost()  # whatever happened while nothing watched: list jobs/ once more
 
     def stop(self) -> None:
+        self.trusted = False
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)

@@ -18,7 +18,7 @@ from typing import Any
 
 from filerexec.machine import Job
 from filerexec.names import job_name
-from filerexec.page import TAIL_BYTES, render_page
+from filerexec.page import TAIL_BYTES, PageCache, render_page
 from filerexec.render import dump_yaml, job_status, log_tail
 from filerexec.safefile import atomic_write, holds, read_tail, remove_below
 from filerexec.textindex import Row, render_index
@@ -36,6 +36,7 @@ class StatusDir:
         self.spool = spool  # trusted; everything below it is synced and may hold links
         self._index_rows: dict[str, Row] = {}
         self._tails: dict[str, bytes] = {}  # each log's end as last written (for index.html)
+        self._page = PageCache()
 
     def job_path(self, name: str) -> Path:
         return self.root / f"{_checked(name)}.yaml"
@@ -63,7 +64,7 @@ class StatusDir:
     def write_page(self, jobs: Iterable[Job], host_doc: Mapping[str, Any]) -> None:
         """index.html: the heartbeat and the newest jobs with their logs' last lines."""
         atomic_write(self.root / "index.html",
-                     render_page(jobs, host_doc, self._tail).encode(), self.spool)
+                     render_page(jobs, host_doc, self._tail, cache=self._page).encode(), self.spool)
 
     def _tail(self, name: str) -> bytes:
         """A log's end as this host last wrote it; read back once after a restart."""

@@ -17,7 +17,7 @@ from filerexec import reconcile as reconcile_module
 from filerexec.config import Settings
 from filerexec.daemon import Daemon
 from filerexec.ledger import Ledger
-from filerexec.machine import Job, Readiness, State, Version
+from filerexec.machine import Job, Readiness, Run, State, Version
 from filerexec.spec import parse_job
 from filerexec.spool import list_jobs, read_job_file
 from filerexec.textindex import render_index
@@ -269,3 +269,28 @@ def test_index_rows_are_reused_only_while_the_job_is_unchanged() -> None:
     assert index_states(render_index([failed, b], "h", 0.0, rows))["a"] == "failed"
     render_index([b], "h", 0.0, rows)
     assert set(rows) == {"b"}
+
+
+def test_page_reuses_its_choice_only_while_the_same_jobs_are_passed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from filerexec import page
+    from filerexec.render import since as real
+
+    keyed: list[str] = []
+    monkeypatch.setattr(page, "since", lambda job: keyed.append(job.name) or real(job))
+    logs = {"a": b"one\n", "b": b""}
+    cache = page.PageCache()
+    run = Run("r1", "d", started=1.0, finished=2.0, exit_code=0)
+    a, b = Job("a", state=State.SUCCEEDED, reason="x", run=run), _job("b", "x")
+    doc = {"host": "h", "updated": "2026-12-03T10:00:00+00:00"}
+    first = page.render_page([a, b], doc, logs.__getitem__, cache=cache)
+    assert first == page.render_page([a, b], doc, logs.__getitem__)  # as without a cache
+    keyed.clear()
+    beat = {**doc, "updated": "2026-12-03T10:00:30+00:00"}
+    again = page.render_page([a, b], beat, logs.__getitem__, cache=cache)
+    assert keyed == [] and again == first.replace("10:00:00", "10:00:30")  # a heartbeat
+    failed = Job("a", state=State.FAILED, reason="exit code 1", run=run)
+    changed = page.render_page([failed, b], beat, logs.__getitem__, cache=cache)
+    assert keyed and "exit code 1" in changed and "1 failed, 1 succeeded" in changed
+    logs["a"] = b"two\n"  # a running job's log refreshed: the same record, a new tail
+    assert "two" in page.render_page([failed, b], beat, logs.__getitem__, cache=cache)
