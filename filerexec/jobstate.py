@@ -100,7 +100,7 @@ class Job:
     attempt: int = 1  # which attempt of its version the running or last run is (retry:)
     retry_at: float | None = None  # when the next attempt is due, after a failed one
     next_run: float | None = None  # a scheduled job's next slot
-    slot: float | None = None  # the slot a pending run is for
+    slot: float | None = None  # the slot a pending run is for; while one runs, the one behind it
     after_wait: bool = False  # its run request waits for its ``after:`` jobs (after.py)
 
     @property
