@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from filerexec.config import ConfigError, parse_config
-from filerexec.slurmspec import JobInfo, SlurmConfig, parse_jobs, sbatch_args, time_limit
+from filerexec.slurmspec import (
+    JobInfo,
+    SlurmConfig,
+    backstop,
+    parse_jobs,
+    sbatch_args,
+    time_limit,
+)
 from filerexec.spec import JobSpec, SpecError, parse_job
 from tests.conftest import Host
 from tests.slurm_cluster import Cluster
@@ -24,7 +31,8 @@ def test_scontrol_lines_and_sbatch_arguments() -> None:
         "7", "filerexec-r1", "FAILED", 3, True)
     assert JobInfo("8", "n", "CANCELLED", exit_code="0:15").code == 128 + 15
     assert JobInfo("9", "n", "PENDING", "Priority").queued
-    assert time_limit(5) == "2" and time_limit(61) == "3" and time_limit(7200) == "121"
+    assert time_limit(5) == "1" and time_limit(61) == "2" and time_limit(7200) == "120"
+    assert backstop(5) == "2" and backstop(7200) == "121"
     args = sbatch_args("n", "/o", "/w", SlurmConfig(partition="debug", sbatch_args=("--x",)),
                        {"cpus": "2"}, 90)
     assert args[-4:] == ["--partition=debug", "--x", "--cpus-per-task=2", "--time=3"]
