@@ -446,6 +446,14 @@ def what_runs(spec: JobSpec) -> str:
         lines.extend(f"  {'':>{width}}  {line}" for line in rest)  # a script's further lines
     if spec.operation == "stop":
         lines.append("  (operation: stop — it does not start, and is killed if it runs)")
+    if spec.notify is not None and not spec.notify.names:
+        lines.append("  tells no one when it ends (notify: false)")
+    elif spec.notify is not None or spec.notify_on is not None:
+        whom = ("the host's notify_default" if spec.notify is None
+                else ", ".join(spec.notify.names))
+        when = "in the host's notify_on states" if spec.notify_on is None else (
+            " or ".join(spec.notify_on) or "in no state")
+        lines.append(f"  tells {whom} when it ends {when} (the host checks the names)")
     return "".join(f"{line}\n" for line in lines)
 
 
