@@ -24,6 +24,7 @@ from filerexec import (
     config,
     keystore,
     migrate,
+    notify,
     process,
     service,
     signing,
@@ -358,7 +359,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_notify(args: argparse.Namespace) -> int:
     """Send a test event to each target (or one) now, and say what each receiver answered."""
-    from filerexec import notify, sender  # only this command sends from the command line
+    from filerexec import sender  # only this command sends from the command line
 
     values = config.resolve({}, args.config).values
     targets: dict[str, str] = dict(values["notify"])
@@ -446,14 +447,8 @@ def what_runs(spec: JobSpec) -> str:
         lines.extend(f"  {'':>{width}}  {line}" for line in rest)  # a script's further lines
     if spec.operation == "stop":
         lines.append("  (operation: stop — it does not start, and is killed if it runs)")
-    if spec.notify is not None and not spec.notify.names:
-        lines.append("  tells no one when it ends (notify: false)")
-    elif spec.notify is not None or spec.notify_on is not None:
-        whom = ("the host's notify_default" if spec.notify is None
-                else ", ".join(spec.notify.names))
-        when = "in the host's notify_on states" if spec.notify_on is None else (
-            " or ".join(spec.notify_on) or "in no state")
-        lines.append(f"  tells {whom} when it ends {when} (the host checks the names)")
+    if (told := notify.told(spec)) is not None:
+        lines.append(f"  {told}")
     return "".join(f"{line}\n" for line in lines)
 
 
