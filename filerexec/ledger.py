@@ -228,7 +228,7 @@ def job_to_record(job: Job) -> dict[str, Any]:
             "finished": run.finished, "exit_code": run.exit_code,
             "outcome": None if run.outcome is None else run.outcome.value, "reason": run.reason,
             "external": run.external, "waiting": run.waiting, "began": run.began,
-            "slot": run.slot,
+            "slot": run.slot, "notify": run.notify, "notify_on": run.notify_on,
         },
     }
 
@@ -238,6 +238,8 @@ def job_from_record(rec: dict[str, Any]) -> Job:
     run = None
     if r is not None:
         outcome = r.pop("outcome")
+        for key in ("notify", "notify_on"):  # JSON gave lists
+            r[key] = None if r.get(key) is None else tuple(r[key])
         run = Run(**r, outcome=None if outcome is None else State(outcome))
     kill = rec.get("kill")
     return Job(

@@ -338,7 +338,9 @@ def _launch(job: Job, event: Event, timing: Timing) -> Result:
         return job, []
     spec = job.version.spec
     run = Run(event.run_id, spec.digest, started=event.now, timeout=spec.timeout,
-              slot=job.slot if spec.schedule else None)
+              slot=job.slot if spec.schedule else None,
+              notify=None if spec.notify is None else spec.notify.names,
+              notify_on=spec.notify_on)
     job = replace(
         job,
         state=State.RUNNING,
