@@ -165,6 +165,8 @@ def test_bench_quick_completes_and_prints_a_table() -> None:
     assert "| measure | floor | filerexec | ratio | target |" in result.stdout
     assert "vs the C durable loop |" in result.stdout  # gcc is installed wherever CI runs
     assert "phone → host → phone p50, with the scan request" in result.stdout
+    assert "periodic rescan, 100 job files" in result.stdout
+    assert "100 finished jobs |" in result.stdout  # the idle row at scale (issue 12)
     assert "ran exactly once" in result.stdout and "| NO |" not in result.stdout
 
 
