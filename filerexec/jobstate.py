@@ -72,6 +72,10 @@ class Run:
     waiting: str | None = None  # why the scheduler has not started it yet (shown as pending)
     began: float | None = None  # when the scheduler started it (its timeout counts from then)
     slot: float | None = None  # the schedule's slot this run is (every:, cron:)
+    # Whom its end is told: the job file's `notify:` names and `notify_on:` at launch, kept
+    # for when the file is gone (deleting it kills the run). None: the host's defaults.
+    notify: tuple[str, ...] | None = None
+    notify_on: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +104,7 @@ class Job:
     attempt: int = 1  # which attempt of its version the running or last run is (retry:)
     retry_at: float | None = None  # when the next attempt is due, after a failed one
     next_run: float | None = None  # a scheduled job's next slot
-    slot: float | None = None  # the slot a pending run is for
+    slot: float | None = None  # the slot a pending run is for; while one runs, the one behind it
     after_wait: bool = False  # its run request waits for its ``after:`` jobs (after.py)
 
     @property

@@ -30,7 +30,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (name TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, job TEXT NOT NULL, digest TEXT NOT NULL, started REAL NOT NULL,
-    finished REAL, exit_code INTEGER, outcome TEXT, reason TEXT);
+    finished REAL, exit_code INTEGER, outcome TEXT, reason TEXT, slot REAL);
 CREATE INDEX IF NOT EXISTS runs_by_job ON runs (job, started);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens (token TEXT PRIMARY KEY, job TEXT NOT NULL, used REAL NOT NULL);
@@ -53,6 +53,8 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        if "slot" not in {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}:
+            self._db.execute("ALTER TABLE runs ADD COLUMN slot REAL")  # a ledger from before it
         # The last committed record of each job: a save skips unchanged ones, so a restart
         # that re-reads 10,000 unchanged job files commits nothing.
         self._saved: dict[str, str] = {}
@@ -104,11 +106,13 @@ class Ledger:
                 if job.run is not None:
                     r = job.run
                     db.execute(
-                        "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO"
+                        "INSERT INTO runs (run_id, job, digest, started, finished, exit_code,"
+                        " outcome, reason, slot) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                        " ON CONFLICT (run_id) DO"
                         " UPDATE SET finished=excluded.finished, exit_code=excluded.exit_code,"
                         " outcome=excluded.outcome, reason=excluded.reason",
                         (r.run_id, job.name, r.digest, r.started, r.finished, r.exit_code,
-                         r.outcome, r.reason),
+                         r.outcome, r.reason, r.slot),
                     )
                 if job.deleted is not None:
                     # Deleted: dropping the same signed bytes again is a replay from now on.
@@ -123,8 +127,8 @@ class Ledger:
 
     def runs(self, job: str | None = None) -> list[dict[str, Any]]:
         """Run history, oldest first (all jobs, or one)."""
-        query = ("SELECT run_id, job, digest, started, finished, exit_code, outcome, reason"
-                 " FROM runs")
+        query = ("SELECT run_id, job, digest, started, finished, exit_code, outcome, reason,"
+                 " slot FROM runs")
         args: tuple[str, ...] = ()
         if job is not None:
             query += " WHERE job = ?"
@@ -224,7 +228,7 @@ def job_to_record(job: Job) -> dict[str, Any]:
             "finished": run.finished, "exit_code": run.exit_code,
             "outcome": None if run.outcome is None else run.outcome.value, "reason": run.reason,
             "external": run.external, "waiting": run.waiting, "began": run.began,
-            "slot": run.slot,
+            "slot": run.slot, "notify": run.notify, "notify_on": run.notify_on,
         },
     }
 
@@ -234,6 +238,8 @@ def job_from_record(rec: dict[str, Any]) -> Job:
     run = None
     if r is not None:
         outcome = r.pop("outcome")
+        for key in ("notify", "notify_on"):  # JSON gave lists
+            r[key] = None if r.get(key) is None else tuple(r[key])
         run = Run(**r, outcome=None if outcome is None else State(outcome))
     kill = rec.get("kill")
     return Job(

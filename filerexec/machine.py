@@ -180,7 +180,7 @@ def _read_running(job: Job, event: Event, timing: Timing) -> Result:
         # An invalid or unreadable edit never kills: show it beside the running state.
         return replace(job, reason=f"running; the edited file is not usable: {v.problem}"), []
     if v.spec.operation == "stop":
-        job = replace(job, last_operation="stop", queued=None, next_run=None)
+        job = replace(job, last_operation="stop", queued=None, next_run=None, slot=None)
         return begin_kill(job, now, "stopped by operation: stop")
     queued = v if _is_request(job, v) and v.digest != running_digest else None
     job = replace(job, queued=queued, last_operation="start")
@@ -198,7 +198,7 @@ def _read_stopping(job: Job, event: Event, timing: Timing) -> Result:
     if v.readiness is not Readiness.VALID or v.spec is None:
         return job, []  # an unusable edit neither kills nor cancels what is queued
     if v.spec.operation == "stop":
-        return replace(job, queued=None, last_operation="stop", next_run=None), []
+        return replace(job, queued=None, last_operation="stop", next_run=None, slot=None), []
     return replace(job, queued=v if _is_request(job, v) else None), []
 
 
@@ -232,7 +232,7 @@ def _tick_running(job: Job, event: Event, timing: Timing) -> Result:
     now, run = event.now, job.run
     if _deletion_confirmed(job, now, timing):
         job = replace(job, deleted=now, version=None, queued=None, missing_since=None,
-                      next_run=None)
+                      next_run=None, slot=None)
         return begin_kill(job, now, "job file deleted")
     if run.timeout is not None and _passed(_timeout_due(job), now):
         return begin_kill(job, now, f"timeout: ran longer than {_duration(run.timeout)}")
@@ -244,7 +244,7 @@ def _tick_stopping(job: Job, event: Event, timing: Timing) -> Result:
     now, kill, run = event.now, job.kill, job.run
     if _deletion_confirmed(job, now, timing):
         job = replace(job, deleted=now, version=None, queued=None, missing_since=None,
-                      next_run=None)
+                      next_run=None, slot=None)
     if _passed(_escalation_due(job, timing), now):
         job = replace(job, kill=replace(kill, escalated=True))
         return job, [Signal(job.name, run, force=True)]
@@ -338,7 +338,9 @@ def _launch(job: Job, event: Event, timing: Timing) -> Result:
         return job, []
     spec = job.version.spec
     run = Run(event.run_id, spec.digest, started=event.now, timeout=spec.timeout,
-              slot=job.slot if spec.schedule else None)
+              slot=job.slot if spec.schedule else None,
+              notify=None if spec.notify is None else spec.notify.names,
+              notify_on=spec.notify_on)
     job = replace(
         job,
         state=State.RUNNING,
@@ -405,9 +407,11 @@ def _finish(job: Job, now: float, code: int | None, outcome: State, reason: str)
         job = replace(job, version=queued, queued=None, attempt=1)
         if expired(queued, now):
             return expire(job, queued), []
-        if queued.digest == run.digest and job.next_run is not None:  # overlap: queue or kill
-            return replace(job, state=State.PENDING, reason=FREE_SLOT, slot=now), []
         return request(job, queued, now), []
+    v = job.version
+    if job.slot is not None and v is not None and v.readiness is Readiness.VALID \
+            and v.digest == run.digest:  # overlap: queue or kill: the slot that came runs now
+        return replace(job, state=State.PENDING, reason=FREE_SLOT, attempt=1), []
     return _retry(job, now, code, outcome), []
 
 

@@ -120,11 +120,14 @@ class Choice:
 
 
 def choice_of(job: Job) -> Choice:
-    """The job file's choice (the version last read; a deleted job's: the host's)."""
+    """The job file's choice: the version last read, or, once the file is gone, the one its
+    run was launched with (a run killed by deleting the file); else the host's."""
     spec = job.version.spec if job.version is not None else None
-    if spec is None:
-        return Choice()
-    return Choice(None if spec.notify is None else spec.notify.names, spec.notify_on)
+    if spec is not None:
+        return Choice(None if spec.notify is None else spec.notify.names, spec.notify_on)
+    if job.run is not None and job.state in RUN_ENDS:
+        return Choice(job.run.notify, job.run.notify_on)
+    return Choice()
 
 
 def targets_for(job: Job, choice: Choice, default: Sequence[str], on: Sequence[str],

@@ -16,11 +16,14 @@ code — so the code survives a daemon restart without a Python interpreter per 
 - Every job process carries ``FILEREXEC_RUN_ID``; on Linux ``terminate``/``kill``
   also signal processes with that run id that left the group (setsid, double fork).
 
-Windows: the job's shell runs in a new process group and ``winproc.kill_tree`` ends
-the tree; there is no waiting parent, so only ``Child.wait`` (the daemon's waiter
-thread) writes the exit file: a job that ends while the daemon is down has no
-recorded code there and becomes ``lost``. ``terminate`` is ``kill`` on Windows
-(console jobs have no graceful tree signal).
+Windows: the waiting parent is ``winjob.py`` run as a bare script by the daemon's
+own Python (``-I -S``: no site, no current folder on its path), in a new process
+group. It puts itself and so everything the job starts into a Job Object named
+after the run id, runs the job's shell and records its exit code like the POSIX
+one. ``winproc.kill_tree`` ends the Job Object (found by name, after a daemon
+restart too), falling back to taskkill and the process table; ``find`` lists the
+job's members and ``sweep`` ends the jobs of finished runs (their escapees).
+``terminate`` is ``kill`` on Windows (console jobs have no graceful tree signal).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from typing import Any, Protocol
 
 import psutil
 
-from filerexec import winproc
+from filerexec import winjob, winproc
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +100,8 @@ class Handle:
 class Child:
     """A job this daemon spawned: its ``handle`` and a blocking ``wait``."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], handle: Handle, exit_path: Path) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes], handle: Handle) -> None:
         self._popen = popen
-        self._exit_path = exit_path
         self.handle = handle
 
     def wait(self, timeout: float | None = None) -> int:
@@ -108,10 +110,7 @@ class Child:
         Raises ``subprocess.TimeoutExpired`` if ``timeout`` passes first.
         """
         code = self._popen.wait(timeout)
-        code = 128 - code if code < 0 else code
-        if _NT:  # no waiting parent there: record it here, while we still know it
-            self._exit_path.write_text(f"{code}\n")
-        return code
+        return 128 - code if code < 0 else code
 
     def poll(self) -> int | None:
         """The exit code if the job has ended (and is reaped now), else None."""
@@ -172,7 +171,7 @@ def spawn(launch: Launch) -> Child:
         os.lseek(fd, 0, os.SEEK_END)  # Windows children ignore the CRT's O_APPEND emulation
         out = fd if launch.stdout else subprocess.DEVNULL
         err = fd if launch.stderr else subprocess.DEVNULL
-        command, group = _command(argv, launch.exit_path)
+        command, group = _command(argv, launch.exit_path, launch.run_id)
         popen = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                  cwd=cwd, env=env, **group)
     except OSError as e:
@@ -184,17 +183,21 @@ def spawn(launch: Launch) -> Child:
     except psutil.Error:
         started = 0.0  # it has already ended (not even a zombie left): never alive again
     logger.debug("run %s started as pid %d: %r", launch.run_id, popen.pid, argv)
-    return Child(popen, Handle(popen.pid, started), launch.exit_path)
+    return Child(popen, Handle(popen.pid, started))
 
 
-def _command(argv: list[str], exit_path: Path) -> tuple[str | list[str], dict[str, Any]]:
+def _command(argv: list[str], exit_path: Path,
+             run_id: str) -> tuple[list[str], dict[str, Any]]:
     """What ``Popen`` runs for a job's ``argv``, and how it gets a process group of its own.
 
-    POSIX: the waiting parent in a new session. Windows: the job's shell itself, as a
-    command line, in a new process group (no waiting parent: see the module docstring).
+    POSIX: the waiting parent in a new session. Windows: the waiting parent (winjob.py,
+    by the base interpreter: a virtualenv's python.exe is a launcher that would sit
+    between) with the job's command line, in a new process group.
     """
     if _NT:
-        return _nt_command_line(argv), {"creationflags": _CREATE_NEW_PROCESS_GROUP}
+        python = getattr(sys, "_base_executable", "") or sys.executable
+        return ([python, "-I", "-S", winjob.__file__, str(exit_path), winjob.job_name(run_id),
+                 _nt_command_line(argv)], {"creationflags": _CREATE_NEW_PROCESS_GROUP})
     group = {"start_new_session": True}
     if len(argv) == 3 and argv[1] == "-c" and _same_shell(argv[0]):
         return [_WRAPPER_SHELL, "-c", _WRAPPER, argv[0], str(exit_path), "-c", argv[2]], group
@@ -239,7 +242,7 @@ def read_exit(exit_path: Path) -> int | None:
 def terminate(handle: Handle, run_id: str) -> None:
     """Ask the run's whole tree to stop (SIGTERM); returns at once."""
     if _NT:
-        _nt_taskkill(handle)
+        _nt_kill(handle, run_id)
     else:
         _signal_tree(handle, run_id, signal.SIGTERM)
 
@@ -247,7 +250,7 @@ def terminate(handle: Handle, run_id: str) -> None:
 def kill(handle: Handle, run_id: str) -> None:
     """Kill the run's whole tree (SIGKILL); returns at once."""
     if _NT:
-        _nt_taskkill(handle)
+        _nt_kill(handle, run_id)
     else:
         _signal_tree(handle, run_id, signal.SIGKILL)
 
@@ -257,8 +260,11 @@ def find(run_id: str) -> Handle | None:
     was never recorded because the daemon died right after spawning it.
 
     The waiting parent is the oldest session leader carrying the run id (a ``setsid``
-    escapee is a session leader too, but started later).
+    escapee is a session leader too, but started later); on Windows, the oldest member
+    of the run's Job Object.
     """
+    if _NT:
+        return _oldest(_nt_members(run_id))
     leaders = []
     for pid in _carriers(run_id):
         try:
@@ -266,17 +272,32 @@ def find(run_id: str) -> Handle | None:
                 continue
             proc = psutil.Process(pid)
             if proc.status() != psutil.STATUS_ZOMBIE:
-                leaders.append(Handle(pid, proc.create_time()))
+                leaders.append(pid)
         except (OSError, psutil.Error):
             continue
-    return min(leaders, key=lambda h: h.create_time, default=None)
+    return _oldest(leaders)
+
+
+def _oldest(pids: list[int]) -> Handle | None:
+    handles = []
+    for pid in pids:
+        try:
+            handles.append(Handle(pid, psutil.Process(pid).create_time()))
+        except psutil.Error:
+            continue
+    return min(handles, key=lambda h: h.create_time, default=None)
 
 
 def sweep(run_ids: Collection[str]) -> None:
     """Kill every process still carrying one of ``run_ids`` (escapees of runs that are over).
 
-    One pass over /proc for all of them: a deletion of many jobs costs one scan.
+    One pass over /proc for all of them: a deletion of many jobs costs one scan. On
+    Windows each run's Job Object is ended, if anything still holds it.
     """
+    if _NT:
+        for run_id in run_ids:
+            _nt_kill(None, run_id)
+        return
     for pid in _carriers(*run_ids):
         try:
             os.kill(pid, signal.SIGKILL)
@@ -345,11 +366,21 @@ def _nt_command_line(argv: list[str]) -> str:
     return subprocess.list2cmdline(argv)
 
 
-def _nt_taskkill(handle: Handle) -> None:
-    if alive(handle):
-        failed = winproc.kill_tree(handle.pid, os.environ.get("SYSTEMROOT", r"C:\Windows"))
-        if failed:
-            logger.error("could not kill pid %d: %s", handle.pid, failed)
+def _nt_kill(handle: Handle | None, run_id: str) -> str | None:
+    """End a Windows run's tree; None when done, else why processes may be left."""
+    pid = handle.pid if handle is not None and alive(handle) else None
+    failed = winproc.kill_tree(pid, run_id, os.environ.get("SYSTEMROOT", r"C:\Windows"))
+    if failed:
+        logger.error("run %s: could not kill it: %s", run_id, failed)
+    return failed
+
+
+def _nt_members(run_id: str) -> list[int]:
+    try:
+        return winjob.members(winjob.job_name(run_id))
+    except winjob.JobError as e:
+        logger.warning("run %s: %s", run_id, e)
+        return []
 
 
 def run_tool(argv: list[str]) -> int:

@@ -241,7 +241,8 @@ class Reconciler:
         job = self.jobs.get(name)
         if self._restored.pop(name, None) != info.key or job is None:
             return False
-        if phase(job) is not Phase.IDLE or job.missing_since is not None:
+        if phase(job) is not Phase.IDLE or job.missing_since is not None \
+                or job.next_run is not None:  # a schedule's slots need the version's spec
             return False
         seen = self._seen.get(name)
         return job.run is not None and seen is not None and seen[0] == job.run.digest

@@ -3,7 +3,8 @@
 Pure, like machine.py, whose table holds these handlers: a slot that comes while
 nothing runs makes the job due (its slot recorded with the run, so the ledger's
 "starting" is per slot and no restart runs a slot twice); one that comes while
-the job runs follows ``overlap:``; missed slots follow ``catch_up:``.
+the job runs follows ``overlap:`` (a slot that queues behind the run, or replaces it, is
+kept in the job's ``slot``); missed slots follow ``catch_up:``.
 """
 
 from __future__ import annotations
@@ -73,12 +74,14 @@ def slot_waiting(job: Job, event: Event, timing: Timing) -> Result:
 def slot_running(job: Job, event: Event, timing: Timing) -> Result:
     """The last run still runs: ``overlap:`` skip passes the slot, queue waits, kill replaces."""
     sched, now, nxt = _came(job, event)
-    job = replace(job, next_run=nxt)
+    came, job = job.next_run, replace(job, next_run=nxt)
     if sched is None:
         return job, []
     if sched.overlap == "skip":
         return replace(job, reason="running; overlap: skip passed a slot"), []
-    job = replace(job, queued=job.version)
+    # The slot that came waits in the job's record, committed before anything is signalled:
+    # a crash or a restart neither loses it nor runs it twice.
+    job = replace(job, slot=came)
     if sched.overlap == "kill":
         return begin_kill(job, now, "overlap: kill: the next slot came")
     return replace(job, reason="running; the next slot waits (overlap: queue)"), []

@@ -1,9 +1,12 @@
-"""Ending a Windows job's process tree (process.py's Windows half; this module only acts).
+"""Ending a Windows run's process tree (process.py's Windows half; this module only acts).
 
-First ``taskkill /T /F`` by absolute path (real Windows, Wine 10). Where it fails (Wine 8's has
-no ``/T``; access denied; a vanished pid) the tree is walked by parent pid from the process table
-and each process is ended with TerminateProcess (psutil), deepest first. Both follow parent
-links: a grandchild whose parent already exited escapes them (see README, Portability).
+First the run's Job Object (winjob.py), opened by name: every process the run ever started is in
+it, a grandchild whose parent already exited included, and a restarted daemon finds it by the run
+id. Where there is none (a run started by an older filerexec, or where the job could not be
+made) or it cannot be ended, ``taskkill /T /F`` by absolute path (real Windows, Wine 10); where
+that fails too (Wine 8's has no ``/T``; access denied; a vanished pid) the tree is walked by
+parent pid from the process table and each process is ended with TerminateProcess (psutil),
+deepest first. The last two follow parent links: only the Job Object reaches an orphan.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import subprocess
 from pathlib import PureWindowsPath
 
 import psutil
+
+from filerexec import winjob
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +29,17 @@ def taskkill_argv(pid: int, system_root: str) -> list[str]:
     return [str(exe), "/T", "/F", "/PID", str(pid)]
 
 
-def kill_tree(pid: int, system_root: str) -> str | None:
-    """End ``pid`` and its descendants; None when none is left, else why some are."""
+def kill_tree(pid: int | None, run_id: str, system_root: str) -> str | None:
+    """End the run ``run_id`` (its waiting parent ``pid``, None if that is gone already) and
+    everything it started; None when it is done, else why processes may be left."""
+    try:
+        if winjob.terminate(winjob.job_name(run_id)):
+            return None
+        why = "it has no job object"
+    except winjob.JobError as e:
+        why = str(e)
+    if pid is None:
+        return None if why == "it has no job object" else why
     argv = taskkill_argv(pid, system_root)
     try:
         done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
@@ -33,9 +47,9 @@ def kill_tree(pid: int, system_root: str) -> str | None:
         said = (done.stdout + done.stderr).decode(errors="replace").strip()
         if done.returncode == 0:
             return None
-        why = f"taskkill exited {done.returncode}: {said or 'no message'}"
+        why += f"; taskkill exited {done.returncode}: {said or 'no message'}"
     except (OSError, subprocess.TimeoutExpired) as e:
-        why = f"taskkill failed: {e}"
+        why += f"; taskkill failed: {e}"
     logger.info("pid %d: %s; ending the tree by parent pid", pid, why)
     left = _terminate_descendants(pid)
     return None if not left else f"{why}; still running: {', '.join(map(str, left))}"

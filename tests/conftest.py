@@ -79,7 +79,7 @@ class Host:
     def status(self, job: str) -> dict[str, Any] | None:
         try:
             doc = yaml.safe_load((self.status_dir / f"{job}.yaml").read_text())
-        except (FileNotFoundError, yaml.YAMLError):
+        except (OSError, yaml.YAMLError):  # Windows: PermissionError while it is replaced
             return None
         return doc if isinstance(doc, dict) else None
 
@@ -108,7 +108,7 @@ class Host:
     def log_of(self, job: str) -> str:
         try:
             return (self.status_dir / f"{job}.log").read_text()
-        except FileNotFoundError:
+        except OSError:
             return ""
 
 

@@ -37,6 +37,7 @@ from filerexec.spec import parse_job
 from filerexec.writer import StatusDir, StatusWriter
 
 NAMES = ("a", "b", "c")
+EVERY = 10.0  # seconds between the slots of a scheduled version
 TERM_CODE = 128 + 15
 
 
@@ -176,6 +177,7 @@ class DaemonModel(RuleBasedStateMachine):
         self.truth: dict[str, tuple[str, int]] = {}  # digest → (nonce, code)
         self.present: dict[str, tuple[str, str]] = {}  # job → (text, digest)
         self.never: set[str] = set()  # nonces of conflicted copies
+        self.scheduled: set[str] = set()  # nonces of versions with `every:` (a run per slot)
         self.status_broken = False
         self._ledger_patch = LedgerFull.installed()
         next(self._ledger_patch)
@@ -238,10 +240,14 @@ class DaemonModel(RuleBasedStateMachine):
 
     # --- rules ------------------------------------------------------------------
 
-    @rule(name=st.sampled_from(NAMES), code=st.integers(0, 3))
-    def drop_or_edit(self, name: str, code: int) -> None:
+    @rule(name=st.sampled_from(NAMES), code=st.integers(0, 3),
+          every=st.sampled_from([None, None, "skip", "queue", "kill"]))
+    def drop_or_edit(self, name: str, code: int, every: str | None) -> None:
         self.serial += 1
         text = f"commands: 'exit {code} # n{self.serial}'\n"
+        if every is not None:  # a slot every 10 s: the steps' clock crosses them
+            text += f"every: {EVERY}s\noverlap: {every}\n"
+            self.scheduled.add(f"n{self.serial}")
         digest = parse_job(text.encode(), name).digest
         self.truth[digest] = (f"n{self.serial}", code)
         self.present[name] = (text, digest)
@@ -322,11 +328,22 @@ class DaemonModel(RuleBasedStateMachine):
 
     @invariant()
     def nothing_started_twice_and_no_conflicted_copy_runs(self) -> None:
-        spawned = Counter(p.nonce for p in self.procs.procs.values())
+        procs = self.procs.procs.values()
+        spawned = Counter(p.nonce for p in procs if p.nonce not in self.scheduled)
         assert max(spawned.values(), default=0) <= 1, spawned
-        assert not self.never & set(spawned)
-        per_version = Counter((r["job"], r["digest"]) for r in self._runs())
-        assert max(per_version.values(), default=0) <= 1, per_version
+        assert not self.never & {p.nonce for p in procs}
+        runs = self._runs()
+        # Each version runs once; a scheduled one once per slot: no crash, restart or rescan
+        # runs a slot twice. And every spawn was in the ledger first (write-ahead).
+        per_slot = Counter((r["job"], r["digest"], r["slot"]) for r in runs)
+        assert max(per_slot.values(), default=0) <= 1, per_slot
+        assert all(r["slot"] is not None for r in runs if self._nonce(r) in self.scheduled)
+        per_run = Counter(p.run_id for p in procs)
+        assert max(per_run.values(), default=0) <= 1, per_run
+        assert set(per_run) <= {r["run_id"] for r in runs}, "spawned before it was recorded"
+
+    def _nonce(self, run: dict[str, Any]) -> str:
+        return self.truth[run["digest"]][0]
 
     def teardown(self) -> None:
         try:
@@ -356,9 +373,9 @@ class DaemonModel(RuleBasedStateMachine):
         assert self.daemon.writer.flush(), "status files never caught up"
         runs = self._runs()
         spawned = {p.nonce: p for p in self.procs.procs.values()}
+        by_run = {p.run_id: p for p in self.procs.procs.values()}
         for run in runs:
-            nonce, _ = self.truth[run["digest"]]
-            ran = spawned.get(nonce)
+            ran = by_run.get(run["run_id"])
             if run["outcome"] in ("succeeded", "failed"):
                 assert ran is not None and run["exit_code"] == ran.result, run
             elif run["outcome"] == "lost":
@@ -374,6 +391,9 @@ class DaemonModel(RuleBasedStateMachine):
                 raise AssertionError(f"{doc['job']}: deleted, retention over, status still there")
         for name, (_, digest) in self.present.items():
             nonce, code = self.truth[digest]
+            if nonce in self.scheduled:
+                self._check_slots(name, digest, runs)
+                continue
             last = finished.get((name, digest))
             assert last is not None, f"{name} {nonce}: never ran (lost without a trace)"
             doc = yaml.safe_load((self.status_dir / f"{name}.yaml").read_text())
@@ -382,6 +402,18 @@ class DaemonModel(RuleBasedStateMachine):
                 assert doc["state"] in ("succeeded", "failed") and doc["exit_code"] == code, doc
             else:
                 assert doc["state"] == "lost", doc
+
+
+    def _check_slots(self, name: str, digest: str, runs: list[dict[str, Any]]) -> None:
+        """A scheduled version's runs: its latest slot started (none lost, catch_up: latest),
+        every finished one with its true exit code, and its status about this version."""
+        slots = sorted(r["slot"] for r in runs if (r["job"], r["digest"]) == (name, digest))
+        assert slots, f"{name}: its slots never ran"
+        latest = slots[0] + (self.now - slots[0]) // EVERY * EVERY
+        assert slots[-1] >= latest - 1e-6, f"{name}: slot {latest} lost; ran {slots}"
+        assert any(r["outcome"] for r in runs if (r["job"], r["digest"]) == (name, digest))
+        doc = yaml.safe_load((self.status_dir / f"{name}.yaml").read_text())
+        assert doc["digest"] == digest[:12] and doc["schedule"] == f"every {EVERY:g}s", doc
 
 
 # Random exploration on every run, CI included: a fresh seed each time, a fixed budget that
@@ -395,3 +427,31 @@ TestDaemonModel = DaemonModel.TestCase
 # About a second an example on a loaded 2-core machine; a hunt gets the time it asks for.
 TestDaemonModel.pytestmark = [  # type: ignore[attr-defined]
     pytest.mark.slow, pytest.mark.timeout(max(240, EXAMPLES * 4))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["before spawn", "after spawn", "publish", "now", "restart"])
+def test_a_crash_at_every_step_around_a_slot_runs_it_once(where: str) -> None:
+    """The clock crosses a slot of `every: 10s` in small steps; the daemon dies (or restarts
+    cleanly) at each step in turn: every slot runs once, the latest is never lost."""
+    for crash_at in range(8):  # which step of the eight around the slot
+        model = DaemonModel()
+        try:
+            model.drop_or_edit(name="a", code=0, every="queue")
+            model.step(0.0)
+            for i in range(8):  # from 3 s before the slot to 3.5 s after it
+                if i == crash_at:
+                    if where == "now":
+                        model.crash_now()
+                    elif where == "restart":
+                        model.clean_restart()
+                    else:
+                        model.crash_at_next(where)
+                model.step(6.0 if i == 0 else 0.5 if i < 7 else 1.0)
+                model.nothing_started_twice_and_no_conflicted_copy_runs()
+                for proc in model.procs.running():
+                    proc.end(proc.code)
+        except BaseException:
+            model.procs.release()
+            raise
+        model.teardown()  # settles, then checks every run, slot and status

@@ -115,6 +115,24 @@ def test_a_job_file_names_its_targets_and_states() -> None:
         parse_job("commands: ls\n", "j").digest
 
 
+def test_a_run_killed_by_deleting_its_file_keeps_the_files_choice() -> None:
+    from filerexec.ledger import job_from_record, job_to_record
+    from filerexec.machine import Exited, FileMissing, FileRead, Tick
+    from tests.test_machine import History, version
+
+    for text, choice in (("notify: [phone]\nnotify_on: [killed]", Choice(("phone",), ("killed",))),
+                         ("notify: false", Choice(())), ("", Choice())):
+        h = History()
+        h(FileRead(version(f"commands: sleep 100\n{text}\n"), 1))
+        h.launch(1)
+        h(FileMissing(10))
+        h(Tick(20))  # the deletion counts: the file's version is gone, the kill is sent
+        h(Exited(-15, 21))
+        assert h.job.state is State.KILLED and h.job.version is None
+        assert choice_of(h.job) == choice, text  # the run still knows whom to tell
+        assert choice_of(job_from_record(job_to_record(h.job))) == choice  # after a restart
+
+
 @pytest.mark.parametrize(("text", "where", "words"), [
     ("notify: true", (2, 9), "does not say which target"),
     ("notify: 'my phone'", (2, 9), "must name a notification target, not 'my phone'"),

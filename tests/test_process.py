@@ -14,7 +14,7 @@ from typing import Any
 import psutil
 import pytest
 
-from filerexec import process, winproc
+from filerexec import process, winjob, winproc
 from filerexec.process import (
     Child,
     Handle,
@@ -308,17 +308,36 @@ def test_windows_command_line_and_taskkill() -> None:
 def test_popen_command_and_process_group_per_platform(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     exit_path = tmp_path / "r.exit"
-    command, group = process._command(["/bin/bash", "-c", "x"], exit_path)
+    command, group = process._command(["/bin/bash", "-c", "x"], exit_path, "run-1")
     assert command[:2] == ["/bin/sh", "-c"] and command[3:] == [
         "filerexec-run", str(exit_path), "/bin/bash", "-c", "x"]
     assert group == {"start_new_session": True}
-    command, _ = process._command(["/bin/sh", "-c", "x"], exit_path)  # the wrapper's shell
+    command, _ = process._command(["/bin/sh", "-c", "x"], exit_path, "run-1")  # its own shell
     assert command[3:] == ["/bin/sh", str(exit_path), "-c", "x"]  # one exec: a subshell
     monkeypatch.setattr(process, "_NT", True)
+    monkeypatch.setattr(sys, "_base_executable", r"C:\Python\python.exe", raising=False)
     command, group = process._command([r"C:\Windows\System32\cmd.exe", "/d", "/s", "/c", "x"],
-                                      exit_path)
-    assert command == r'C:\Windows\System32\cmd.exe /d /s /c "x"'  # no waiting parent there
+                                      exit_path, "run-1")
+    # The waiting parent: winjob.py by path, isolated, with the job's command line.
+    assert command == [r"C:\Python\python.exe", "-I", "-S", winjob.__file__, str(exit_path),
+                       "filerexec-run-1", r'C:\Windows\System32\cmd.exe /d /s /c "x"']
     assert group == {"creationflags": 0x200}  # CREATE_NEW_PROCESS_GROUP
+
+
+def test_the_windows_waiting_parent_records_the_exit_code(tmp_path: Path) -> None:
+    """winjob.py as the waiting parent (here without a Job Object: Linux has none)."""
+    exit_path, program = tmp_path / "r.exit", tmp_path / "seven"
+    program.write_text("#!/bin/sh\nexit 7\n")
+    program.chmod(0o700)
+    done = subprocess.run([sys.executable, "-I", "-S", winjob.__file__, str(exit_path), "job",
+                           str(program)], stdin=subprocess.DEVNULL, timeout=30, check=False)
+    assert done.returncode == 7
+    assert exit_path.read_bytes() == b"7\n"
+    done = subprocess.run([sys.executable, "-I", "-S", winjob.__file__, str(exit_path), "job",
+                           str(tmp_path / "missing")], stdin=subprocess.DEVNULL, timeout=30,
+                          check=False, capture_output=True)
+    assert done.returncode == 127 and process.read_exit(exit_path) == 127
+    assert b"cannot start" in done.stderr
 
 
 def test_windows_terminate_and_kill_end_the_tree_with_taskkill_by_absolute_path(
@@ -336,15 +355,6 @@ def test_windows_terminate_and_kill_end_the_tree_with_taskkill_by_absolute_path(
     assert calls == [[r"D:\Win\System32\taskkill.exe", "/T", "/F", "/PID", "42"]] * 2
 
 
-def test_windows_child_wait_records_the_exit_code(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(process, "_NT", True)
-    exit_path = tmp_path / "r.exit"
-    with subprocess.Popen(["/bin/sh", "-c", "exit 7"]) as popen:
-        assert process.Child(popen, Handle(popen.pid, 0.0), exit_path).wait(10) == 7
-    assert process.read_exit(exit_path) == 7
-
-
 def test_windows_tree_kill_without_taskkill_ends_every_descendant(tmp_path: Path) -> None:
     """Where taskkill fails (Wine 8 has no /T) the tree is walked by parent pid and ended."""
     pids = tmp_path / "pids"
@@ -352,7 +362,7 @@ def test_windows_tree_kill_without_taskkill_ends_every_descendant(tmp_path: Path
                            f"(sleep 300 & echo $! >> {pids}; wait) & wait"]) as shell:
         wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2, what="2 sleeps")
         sleeps = [psutil.Process(int(p)) for p in pids.read_text().split()]
-        assert winproc.kill_tree(shell.pid, str(tmp_path / "no-windows")) is None
+        assert winproc.kill_tree(shell.pid, "run", str(tmp_path / "no-windows")) is None
         shell.wait(10)  # ended (by the kill, or as its children died first)
         wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
                                  for p in sleeps), what="every sleep to be gone")

@@ -158,10 +158,32 @@ def test_overlap(overlap: str, state: State, signalled: bool, queued: bool) -> N
     actions = h(Tick(110))
     assert h.job.state is state and h.job.next_run == 120
     assert any(isinstance(a, Signal) for a in actions) is signalled
-    assert (h.job.queued is not None) is queued
+    assert (h.job.slot == 110) is queued and h.job.queued is None  # the slot, in the record
     h(Exited(-15 if signalled else 0, 111))
     assert h.job.due is queued
     assert (h.job.state is State.KILLED) is (signalled and not queued)
+    if queued:
+        h.launch(111)
+        assert h.job.run is not None and h.job.run.slot == 110
+
+
+@pytest.mark.parametrize("overlap", ["queue", "kill"])
+def test_a_queued_slot_survives_a_restart_and_a_touch(overlap: str) -> None:
+    text = f"commands: x\nevery: 10s\noverlap: {overlap}\n"
+    h = History()
+    h(FileRead(version(text), 100))
+    h.launch(100)
+    h(Tick(110))  # the next slot comes while the first run runs
+    h.job = job_from_record(job_to_record(h.job))  # the daemon died; the next one loads this
+    h(FileRead(version(text), 112))  # reads the file again (or it was touched)
+    assert h.job.running and h.job.slot == 110
+    h(Exited(0, 113))
+    assert h.job.due
+    h.launch(113)
+    assert h.job.run is not None and h.job.run.slot == 110 and len(h.starts) == 2
+    h(Exited(0, 114))
+    h(Tick(115))
+    assert not h.job.due  # that slot ran once: nothing more until 120
 
 
 def test_stop_pauses_deletion_unschedules_and_kills_edit_reschedules() -> None:
@@ -213,7 +235,8 @@ def test_a_scheduled_job_is_active_and_index_shows_its_next_run() -> None:
 # ---- a real daemon ------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_every_2s_runs_once_per_slot_across_a_kill_9(host: Host, tmp_path: Path) -> None:
+def test_every_2s_runs_once_per_slot_across_a_kill_9_and_a_restart(
+        host: Host, tmp_path: Path) -> None:
     out = tmp_path / "slots"
     host.start()
     host.drop("tick.yaml", f"commands: echo $(date +%s.%N) >> {out}\nevery: 2s\n")
@@ -223,6 +246,11 @@ def test_every_2s_runs_once_per_slot_across_a_kill_9(host: Host, tmp_path: Path)
     host.start()
     wait_for(lambda: started_runs(host, "tick") >= before + 2, timeout=15,
              what="two more slots")
+    host.stop()  # a clean stop: the next start need not re-read unchanged files, yet its
+    before = started_runs(host, "tick")  # schedule needs its version (it was forgotten)
+    host.start()
+    wait_for(lambda: started_runs(host, "tick") >= before + 2, timeout=15,
+             what="two more slots after a clean restart")
     doc = host.status("tick")
     assert doc and doc["schedule"] == "every 2s" and "next" in doc
     db = host.ledger()
@@ -234,3 +262,27 @@ def test_every_2s_runs_once_per_slot_across_a_kill_9(host: Host, tmp_path: Path)
     finally:
         db.close()
     assert slots and all(b - a >= 1.0 for a, b in itertools.pairwise(starts))
+
+
+@pytest.mark.parametrize("first", ["commands: x\n", "commands: x\nevery: 10s\noverlap: queue\n",
+                                   'commands: x\ncron: "*/5 * * * *"\noverlap: kill\n'])
+@pytest.mark.parametrize("restart", [False, True])
+def test_a_cron_version_edited_in_while_another_runs_waits_for_its_slot(
+        first: str, restart: bool) -> None:
+    cron = 'commands: y\ncron: "*/5 * * * *"\noverlap: queue\n'
+    h = History()
+    h(FileRead(version(first), 1000))
+    h(Tick(1200))  # the cron version's first slot; the every version's slots fold in
+    h.launch(1200)
+    assert h.job.running
+    h(FileRead(version(cron), 1210))  # never ran: it must wait for 1500, not start at 1212
+    h(Tick(1211))
+    if restart:
+        h.job = job_from_record(job_to_record(h.job))
+        h(FileRead(version(cron), 1211))
+    h(Exited(0, 1212))
+    h(Tick(1213))
+    assert h.job.state is State.SCHEDULED and not h.job.due and h.job.next_run == 1500
+    assert h.launch(1213) == []
+    h(Tick(1500))
+    assert h.job.due

@@ -17,11 +17,13 @@ from pathlib import Path
 import psutil
 import pytest
 
+from filerexec import process, winjob
 from tests.conftest import Host
 from tests.util import wait_for
 
-pytestmark = pytest.mark.skipif(os.name != "nt", reason="cmd.exe jobs run on Windows only "
-                                "(tests/test_wine.py runs this module under Wine)")
+pytestmark = [pytest.mark.skipif(os.name != "nt", reason="cmd.exe jobs run on Windows only "
+                                 "(tests/test_wine.py runs this module under Wine)"),
+              pytest.mark.timeout(600)]  # beyond the suite's 120 s: polls of WAIT each
 
 WAIT = 120.0  # seconds: a poll's limit, reached only when something is wrong
 
@@ -121,3 +123,72 @@ def test_init_writes_an_example_job_that_runs_on_windows(win: Host, tmp_path: Pa
     win.start()
     assert win.wait_state("hello", "succeeded", "failed", timeout=WAIT)["state"] == "succeeded"
     assert "hello from " + os.environ["COMPUTERNAME"] in win.log_of("hello")
+
+
+def orphan_pings(count: int) -> list[psutil.Process]:
+    """The ``ping -n COUNT`` processes whose parent has exited (orphans)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "ppid"]):
+        argv = proc.info["cmdline"] or []  # C:\windows\system32\ping.exe -n COUNT 127.0.0.1
+        if argv[1:3] == ["-n", str(count)] and not psutil.pid_exists(proc.info["ppid"]):
+            found.append(proc)
+    return found
+
+
+def orphan_job(count: int) -> str:
+    """A job whose shell starts a ping through a cmd that exits at once, then waits."""
+    return f'commands: cmd /c start "" /b ping -n {count} 127.0.0.1 & ping -n 300 127.0.0.1\n'
+
+
+def test_deleting_the_file_kills_a_grandchild_whose_parent_exited(win: Host) -> None:
+    win.start()
+    drop_crlf(win, "tree.yaml", orphan_job(301))
+    win.wait_state("tree", "running", timeout=WAIT)
+    (orphan,) = wait_for(lambda: orphan_pings(301), timeout=WAIT, what="the orphaned ping")
+    (win.spool / "jobs" / "tree.yaml").unlink()
+    assert win.wait_state("tree", "killed", timeout=WAIT)["reason"] == "job file deleted"
+    wait_for(lambda: gone(orphan.pid), timeout=WAIT, what="the orphaned grandchild to be gone")
+
+
+def test_a_restarted_daemon_kills_an_adopted_runs_whole_tree(win: Host) -> None:
+    win.start()
+    drop_crlf(win, "kept.yaml", orphan_job(302))
+    pid = win.wait_state("kept", "running", timeout=WAIT)["pid"]
+    (orphan,) = wait_for(lambda: orphan_pings(302), timeout=WAIT, what="the orphaned ping")
+    win.stop()
+    assert psutil.pid_exists(pid) and orphan.is_running()  # a stopped daemon kills nothing
+    win.start()
+    (win.spool / "jobs" / "kept.yaml").unlink()
+    assert win.wait_state("kept", "killed", timeout=WAIT)["reason"] == "job file deleted"
+    wait_for(lambda: gone(orphan.pid) and gone(pid), timeout=WAIT, what="the tree to be gone")
+
+
+def test_a_job_that_ends_while_the_daemon_is_stopped_gets_its_exit_code(win: Host) -> None:
+    win.start()
+    drop_crlf(win, "brief.yaml", "commands: ping -n 4 127.0.0.1 >nul & exit /b 5\n")
+    pid = win.wait_state("brief", "running", timeout=WAIT)["pid"]
+    win.stop()
+    wait_for(lambda: gone(pid), timeout=WAIT, what="the job to end while no daemon runs")
+    win.start()
+    doc = win.wait_state("brief", "failed", "lost", timeout=WAIT)
+    assert (doc["state"], doc["exit_code"], doc["reason"]) == ("failed", 5, "exit code 5")
+
+
+def test_the_job_object_holds_the_run_and_is_found_and_ended_by_name(tmp_path: Path) -> None:
+    exit_path, name = tmp_path / "r.exit", winjob.job_name("unit-1")
+    parent = subprocess.Popen([sys.executable, "-I", "-S", winjob.__file__, str(exit_path), name,
+                               "ping -n 300 127.0.0.1"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: len(winjob.members(name)) == 2, timeout=WAIT, what="parent and ping")
+        assert parent.pid in winjob.members(name)
+        found = process.find("unit-1")
+        assert found is not None and found.pid == parent.pid  # the oldest member
+        assert winjob.terminate(name) is True
+        assert parent.wait(WAIT) == winjob.KILLED
+        assert not exit_path.exists()  # killed: nothing recorded, the daemon records its kill
+        wait_for(lambda: winjob.members(name) == [], timeout=WAIT, what="the job to be empty")
+    finally:
+        parent.kill()
+    assert winjob.terminate(winjob.job_name("never-started")) is False
+    assert winjob.members(winjob.job_name("never-started")) == []
