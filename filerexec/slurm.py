@@ -177,9 +177,12 @@ class SlurmRunner(RunFiles):
                 self._report(t, UNREACHABLE.format(why))
 
     def _no_job_id(self, t: _Tracked) -> None:
-        """Slurm has no job of this run's name: submit it, or (after a restart) it is lost."""
+        """Slurm has no job of this run's name: submit it, or (after a restart) it ran and
+        Slurm has forgotten it (its exit file says how it ended), or it is lost."""
         if t.start is None:
-            self._end(t, Vanished(0.0, VANISHED_WHILE_STARTING))
+            code = process.read_exit(self.exit_path(t.run_id))
+            self._end(t, Exited(code, 0.0) if code is not None
+                      else Vanished(0.0, VANISHED_WHILE_STARTING))
             return
         if t.cancel is not None:
             self._end(t, Vanished(0.0, "cancelled before Slurm had it"))

@@ -1,4 +1,4 @@
-"""The Slurm client commands (sbatch, scontrol, squeue, scancel): the only module that runs them.
+"""The Slurm client commands (sbatch, scontrol, scancel): the only module that runs them.
 
 Every call has a timeout: with its controller down, each blocks ~9 s and then fails
 ("Unable to contact slurm controller"). Such a failure, or a timeout, is `Unreachable`
@@ -56,12 +56,6 @@ def jobs() -> dict[str, JobInfo]:
     """Every job the controller still knows (finished ones for ~MinJobAge seconds)."""
     out = _run(["scontrol", "-o", "show", "job"])
     return parse_jobs(out)
-
-
-def find(name: str) -> list[str]:
-    """The ids of the jobs named ``name`` that Slurm still knows (ended ones included)."""
-    out = _run(["squeue", "-h", "-t", "all", f"--name={name}", "-o", "%i"])
-    return [line.strip() for line in out.splitlines() if line.strip().isdigit()]
 
 
 def cancel(job_id: str, force: bool) -> None:

@@ -72,8 +72,14 @@ def job_problem(requested: Mapping[str, str], config: SlurmConfig) -> str | None
 
 
 def time_limit(seconds: float) -> str:
-    """``--time`` for a timeout: whole minutes (Slurm's unit), rounded up, at least one."""
+    """A duration as ``--time`` takes it: whole minutes (Slurm's unit), rounded up, at least one."""
     return str(max(1, math.ceil(seconds / 60)))
+
+
+def backstop(timeout: float) -> str:
+    """``--time`` for a job's ``timeout:``: one minute more, so that while the daemon watches,
+    its own kill (to the second, with its reason) comes first."""
+    return str(int(time_limit(timeout)) + 1)
 
 
 def sbatch_args(name: str, output: str, cwd: str, config: SlurmConfig,
@@ -87,7 +93,7 @@ def sbatch_args(name: str, output: str, cwd: str, config: SlurmConfig,
     args.extend(f"{JOB_KEYS[k]}={v}" for k, v in sorted(requested.items()))
     if timeout is not None and "time" not in requested:
         # A backstop for while no daemon watches: the daemon's own timeout is to the second.
-        args.append(f"--time={time_limit(timeout)}")
+        args.append(f"--time={backstop(timeout)}")
     return args
 
 

@@ -126,7 +126,11 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
                  timeout=30, interval=0.1, what=f"the Slurm node to be idle ({self.root}/log)")
 
     def start_controller(self) -> None:
+        """Start slurmctld (again); return once it answers."""
         self._run("slurmctld", "-f", str(self.conf))
+        wait_for(lambda: self._run("sinfo", "-h", "-n", self.node, "-o", "%T",
+                                   check=False).stdout.strip(),
+                 timeout=30, interval=0.1, what=f"slurmctld to answer ({self.root}/log)")
 
     def _pid(self, name: str) -> int | None:
         try:
@@ -154,6 +158,9 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 
     def stop_controller(self) -> None:
         self._stop("run/slurmctld.pid")
+
+    def cancel(self, job_id: str) -> None:
+        self._run("scancel", job_id)
 
     def scontrol(self, *args: str) -> str:
         return self._run("scontrol", *args, check=False).stdout

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from filerexec.config import ConfigError, parse_config
-from filerexec.slurmspec import JobInfo, SlurmConfig, parse_jobs, sbatch_args, time_limit
+from filerexec.slurmspec import (
+    JobInfo,
+    SlurmConfig,
+    backstop,
+    parse_jobs,
+    sbatch_args,
+    time_limit,
+)
 from filerexec.spec import JobSpec, SpecError, parse_job
 from tests.conftest import Host
 from tests.slurm_cluster import Cluster
@@ -24,10 +31,11 @@ def test_scontrol_lines_and_sbatch_arguments() -> None:
         "7", "filerexec-r1", "FAILED", 3, True)
     assert JobInfo("8", "n", "CANCELLED", exit_code="0:15").code == 128 + 15
     assert JobInfo("9", "n", "PENDING", "Priority").queued
-    assert time_limit(5) == "1" and time_limit(61) == "2"
+    assert time_limit(5) == "1" and time_limit(61) == "2" and time_limit(7200) == "120"
+    assert backstop(5) == "2" and backstop(7200) == "121"
     args = sbatch_args("n", "/o", "/w", SlurmConfig(partition="debug", sbatch_args=("--x",)),
                        {"cpus": "2"}, 90)
-    assert args[-4:] == ["--partition=debug", "--x", "--cpus-per-task=2", "--time=2"]
+    assert args[-4:] == ["--partition=debug", "--x", "--cpus-per-task=2", "--time=3"]
 
 
 @pytest.mark.slow
@@ -98,6 +106,18 @@ def test_a_queued_run_is_pending_with_slurms_reason_and_its_timeout_counts_from_
     assert time.monotonic() - start >= 2.5  # its 3 s counted from Slurm's start, not the queue
     assert done["reason"] == "timeout: ran longer than 3s", done
     assert "JobState=CANCELLED" in cluster.scontrol("-o", "show", "job", str(done["slurm_job"]))
+
+
+@pytest.mark.slow
+def test_a_job_cancelled_in_slurm_by_someone_else_is_killed_with_that_reason(
+        slurm_host: Host, cluster: Cluster) -> None:
+    slurm_host.start()
+    slurm_host.drop("victim.yaml", "commands: sleep 300\n")
+    doc = wait_for(lambda: (d := slurm_host.status("victim")) and d["state"] == "running"
+                   and d.get("slurm_job") and d, timeout=30, what="running, with its Slurm id")
+    cluster.cancel(str(doc["slurm_job"]))  # the cluster's admin, or the user at a shell
+    doc = slurm_host.wait_state("victim", "killed", timeout=30)
+    assert doc["reason"] == "cancelled in Slurm (scancel)" and doc["exit_code"] == 128 + 15
 
 
 @pytest.mark.slow

@@ -33,6 +33,11 @@ def slow_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str,
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
 
 
+FORGETFUL = ('out=$("$REAL" "$@") || exit; printf "%s\\n" "$out" | '
+             "grep -v -E 'JobState=(COMPLETED|FAILED|CANCELLED|TIMEOUT)'; exit 0")
+"""scontrol as a controller answers once MinJobAge has passed: ended jobs are not listed."""
+
+
 def running_in_slurm(host: Host, job: str) -> str:
     """Wait until ``job`` runs on the node; its Slurm id."""
     doc = wait_for(lambda: (d := host.status(job)) and d["state"] == "running"
@@ -100,11 +105,16 @@ def test_a_job_that_ended_while_the_daemon_was_down_gets_its_exit_code(
 def test_with_the_controller_down_jobs_wait_and_the_loop_goes_on(
         slurm_host: Host, cluster: Cluster, tmp_path: Path) -> None:
     """sbatch and scontrol block ~9 s, then fail: the job waits `pending` with the reason,
-    the daemon's loop goes on meanwhile, and once the controller is back it runs once."""
-    count = tmp_path / "count"
+    the daemon's loop goes on meanwhile, and once the controller is back it runs once. A job
+    already on the node goes on and ends meanwhile; its exit code comes in afterwards."""
+    count, end = tmp_path / "count", tmp_path / "end"
     slurm_host.start()
+    slurm_host.drop("on-node.yaml", f"commands: until [ -e {end} ]; do sleep 0.1; done; "
+                    "exit 9\n")
+    running_in_slurm(slurm_host, "on-node")
     cluster.stop_controller()
     try:
+        end.touch()  # it ends while nobody can ask Slurm about it
         slurm_host.drop("wait.yaml", f"commands: echo ran >> {count}\n")
         slurm_host.wait_state("wait", "pending")
         asked = time.monotonic()  # the worker is now blocked in a Slurm command
@@ -119,12 +129,15 @@ def test_with_the_controller_down_jobs_wait_and_the_loop_goes_on(
         assert doc["state"] == "pending" and "Unable to contact slurm controller" in \
             doc["reason"] and "slurm_job" not in doc
         assert slurm_host.heartbeat()["jobs"]["pending"] == 1
+        assert slurm_host.status("on-node")["state"] == "running"  # type: ignore[index]
     finally:
         cluster.start_controller()
-    cluster.wait_idle()
     doc = slurm_host.wait_state("wait", "succeeded", timeout=60)
     assert count.read_text() == "ran\n"
-    assert cluster.submitted(str(slurm_host.state)) == [str(doc["slurm_job"])]
+    on_node = slurm_host.wait_state("on-node", "failed", timeout=60)
+    assert on_node["exit_code"] == 9
+    assert sorted(cluster.submitted(str(slurm_host.state))) == sorted(
+        [str(on_node["slurm_job"]), str(doc["slurm_job"])])
 
 
 @pytest.mark.slow
@@ -165,3 +178,34 @@ def test_a_job_deleted_while_slurm_is_slow_to_answer_is_never_submitted(
     wait_for(lambda: (d := slurm_host.status("next")) and d.get("slurm_job"), timeout=40,
              what="the next job to be submitted")
     assert len(cluster.submitted(str(slurm_host.state))) == 1 and not marker.exists()
+
+
+@pytest.mark.slow
+def test_a_job_slurm_has_forgotten_gets_its_exit_code_from_its_exit_file(
+        slurm_host: Host, cluster: Cluster, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ended while the daemon was down, and Slurm no longer lists it (MinJobAge): one run
+    whose id was recorded, one whose daemon died right after sbatch."""
+    end = tmp_path / "end"
+    slurm_host.start()
+    slurm_host.drop("recorded.yaml", f"commands: until [ -e {end} ]; do sleep 0.1; done; "
+                    "exit 6\n")
+    recorded = running_in_slurm(slurm_host, "recorded")
+    assert slurm_host.stop() == 0
+    slurm_host.entry = ["-m", "tests.dying_slurm_daemon"]
+    proc = slurm_host.start()
+    slurm_host.drop("unrecorded.yaml", "commands: exit 7\n")
+    assert proc.wait(timeout=30) == DIED_AFTER_SBATCH
+    slurm_host.proc = None
+    end.touch()
+    [unrecorded] = [i for i in cluster.submitted(str(slurm_host.state)) if i != recorded]
+    for job_id in (recorded, unrecorded):
+        wait_for(lambda: cluster.state_of(job_id) == "FAILED", timeout=30,  # noqa: B023
+                 what=f"Slurm to see job {job_id} end")
+    slow_slurm(tmp_path, monkeypatch, "scontrol", FORGETFUL)
+    slurm_host.entry = ["-m", "filerexec"]
+    slurm_host.start()
+    doc = slurm_host.wait_state("recorded", "failed", timeout=30)
+    assert (doc["exit_code"], doc["slurm_job"]) == (6, recorded)
+    doc = slurm_host.wait_state("unrecorded", "failed", timeout=30)
+    assert doc["exit_code"] == 7
