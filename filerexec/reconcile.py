@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from filerexec.admission import Verdict
@@ -192,6 +192,20 @@ class Reconciler:
                 continue
             listing.jobs[name] = info
             self._consider(name, info, now, hint, events)
+        return events
+
+    def recheck(self, names: Iterable[str], now: float) -> list[Observed]:
+        """On a host that runs only signed jobs, read these jobs' files again right before
+        they launch: a later slot or a retry runs only while the signature accepted once
+        still verifies (a key revoked since makes it ``rejected``); an unchanged signed file
+        is no replay, so nothing else changes. Only files the last listing knows, as read."""
+        if not self.settings.require_signature or self._listing is None:
+            return []
+        events = []
+        for name in names:
+            info = self._listing.jobs.get(name)
+            if info is not None and self.known.get(name) == info.key:
+                events.append(Observed(name, FileRead(self._read(name, info, now), now)))
         return events
 
     def _refuse_clashes(self, listing: Listing) -> Spellings:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from typing import Any
@@ -105,21 +105,6 @@ class JobSpec:
             return True
         wanted = {h.casefold() for h in self.hosts}
         return any(n.casefold() in wanted for n in (host, *labels))
-
-    def unknown_target(self, known: Collection[str]) -> SpecError | None:
-        """The first target ``notify:`` names that is not one of the host's ``known``
-        targets, as an error where it is written (only the host running the job knows)."""
-        if self.notify is None:
-            return None
-        for name, (line, column) in zip(self.notify.names, self.notify.at, strict=True):
-            if name not in known:
-                close = difflib.get_close_matches(name, sorted(known), n=1)
-                return SpecError(
-                    f"`notify` names the target `{name}`, which this host does not have "
-                    f"(its targets: {', '.join(sorted(known)) or 'none'})", line, column,
-                    f"did you mean `{close[0]}`?" if close else "name one of those" if known
-                    else "remove `notify:`, or ask the host's owner to add the target")
-        return None
 
     @property
     def schedule(self) -> Schedule | None:

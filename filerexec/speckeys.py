@@ -9,10 +9,11 @@ spec.py reports where that part is written.
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
@@ -20,6 +21,9 @@ from filerexec.retry import TIMEOUT, RetryPolicy
 from filerexec.schedule import CATCH_UP, OVERLAP, Schedule, cron_expression
 from filerexec.slurmspec import JOB_KEYS as SLURM_KEYS
 from filerexec.slurmspec import time_limit
+
+if TYPE_CHECKING:
+    from filerexec.spec import SpecError
 
 _NULL = "tag:yaml.org,2002:null"
 _CRON_HINT = "five fields: minute hour day month weekday, e.g. \"0 3 * * 1-5\", or @daily"
@@ -236,6 +240,23 @@ def notify(key: str, node: Node) -> Targets:
                             item, _NOTIFY_HINT)
         found.setdefault(name, (item.start_mark.line + 1, item.start_mark.column + 1))
     return Targets(tuple(found), tuple(found.values()))
+
+
+def unknown_target(targets: Targets | None, known: Collection[str]) -> SpecError | None:
+    """The first name ``notify:`` gives that is not one of the host's ``known`` targets, as a
+    SpecError where it is written (only the host running the job knows them); else None."""
+    from filerexec.spec import SpecError  # spec.py imports this module
+
+    for name, (line, column) in zip(targets.names if targets else (),
+                                    targets.at if targets else (), strict=True):
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            return SpecError(
+                f"`notify` names the target `{name}`, which this host does not have "
+                f"(its targets: {', '.join(sorted(known)) or 'none'})", line, column,
+                f"did you mean `{close[0]}`?" if close else "name one of those" if known
+                else "remove `notify:`, or ask the host's owner to add the target")
+    return None
 
 
 def notify_on(key: str, node: Node) -> tuple[str, ...]:

@@ -95,6 +95,11 @@ def starts(out: Path) -> list[int]:
         return []
 
 
+def line_of(out: Path) -> Callable[[], bool]:
+    """Whether a job has written its start time to ``out`` (the whole line)."""
+    return lambda: out.exists() and out.read_text().endswith("\n")
+
+
 def wait(predicate: Callable[[], object], timeout: float, interval: float = 0.005) -> bool:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -146,6 +151,9 @@ class Arm:
 
     def drop(self, name: str) -> int:
         return drop(self.jobs, self.file_name(name), self.job_text(name))
+
+    def start(self) -> float | None:
+        raise NotImplementedError
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -249,8 +257,14 @@ class Filerexec(Arm):
         jobs = doc.get("jobs") or {}
         return int(jobs.get("succeeded", 0)) if isinstance(jobs, dict) else 0
 
+    def has_finished(self, expected: int) -> Callable[[], bool]:
+        return lambda: self.finished() >= expected
+
     def ready(self, expected: int) -> bool:
         return self.finished() == expected
+
+    def succeeded(self, name: str) -> Callable[[], bool]:
+        return lambda: self.job_state(name) == "succeeded"
 
     def job_state(self, name: str) -> str | None:
         try:
@@ -280,11 +294,11 @@ def measure_latency(arms: list[Arm], fx: Filerexec, drops: int,
             name = f"{prefix}{i:04d}"
             t = arm.drop(name)
             out = arm.out / name
-            if not wait(lambda out=out: out.exists() and out.read_text().endswith("\n"), 20):
+            if not wait(line_of(out), 20):
                 raise SystemExit(f"{arm.name}: job {name} did not start within 20 s")
             lat[arm.name].append((starts(out)[0] - t) / 1e6)
             if arm is fx:  # let the daemon finish its bookkeeping before the next drop
-                wait(lambda name=name: fx.job_state(name) == "succeeded", 20)
+                wait(fx.succeeded(name), 20)
             time.sleep(0.02)
     return lat
 
@@ -296,10 +310,10 @@ def measure_latency_alone(fx: Filerexec, drops: int, prefix: str) -> list[float]
         name = f"{prefix}{i:04d}"
         t = fx.drop(name)
         out = fx.out / name
-        if not wait(lambda out=out: out.exists() and out.read_text().endswith("\n"), 20):
+        if not wait(line_of(out), 20):
             raise SystemExit(f"{fx.name}: job {name} did not start within 20 s")
         lat.append((starts(out)[0] - t) / 1e6)
-        wait(lambda name=name: fx.job_state(name) == "succeeded", 20)
+        wait(fx.succeeded(name), 20)
         time.sleep(0.02)
     return lat
 
@@ -344,7 +358,7 @@ def measure_rescan(fx: Filerexec, rounds: int, full: bool) -> list[float]:
     from filerexec.config import Settings, spool_state_dir
     from filerexec.daemon import Daemon
 
-    settings = Settings(spool=fx.root.resolve(), host=HOST,
+    settings = Settings(spool=fx.root.resolve(), host=HOST, storm_starts=1000,
                         state_dir=spool_state_dir(fx.state, fx.root))
     daemon = Daemon(settings)
     daemon.open()
@@ -460,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
             probe = f"warmup-{arm.name}"
             for _ in range(15):  # the watcher may not be armed yet: drop again
                 arm.drop(probe)
-                if wait(lambda out=arm.out / probe: out.exists(), 2):
+                if wait((arm.out / probe).exists, 2):
                     break
             else:
                 raise SystemExit(f"{arm.name} never ran a job (log: {arm.log})")
@@ -484,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
             order: list[Arm] = [base, fx] if rep % 2 == 0 else [fx, base]
             res: dict[str, tuple[float, float | None]] = {}
             for arm in order:
-                rec = (lambda e=expected: fx.finished() >= e) if arm is fx else None
+                rec = fx.has_finished(expected) if arm is fx else None
                 res[arm.name] = measure_burst(arm, args.burst, prefix, rec)
             bursts.append(res["filerexec"][0] / res["baseline"][0])
             burst_rows.append(res)

@@ -94,7 +94,7 @@ class RoundTrip:
                 self.daemons.append(subprocess.Popen(argv, stdout=log, stderr=log, cwd=ROOT,
                                                      start_new_session=True))
         for name in ("scan", "noscan"):
-            _wait(lambda n=name: (host.folder / "status" / n / "host.yaml").exists(), 30)
+            _wait((host.folder / "status" / name / "host.yaml").exists, 30)
 
     def one(self, arm: str, n: int) -> tuple[float, float]:
         """Seconds from the phone's write until the host's copy holds the answer, and

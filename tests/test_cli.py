@@ -49,6 +49,18 @@ def test_validate_shows_what_the_host_would_run(
     assert out[4:] == ["  runs on nas, pc with bash in ~/x, in order:", "  1. cd /tmp",
                        "     ls", "  2. df -h",
                        "  (operation: stop — it does not start, and is killed if it runs)"]
+    told = tmp_path / "told.yaml"
+    for text, line in (
+            ("notify: [phone, ops]\nnotify_on: [failed, lost]",
+             "  tells phone, ops when it ends failed or lost (the host checks the names)"),
+            ("notify: []\nnotify_on: [failed]", "  tells no one when it ends (notify: false)"),
+            ("notify: phone", "  tells phone when it ends in the host's notify_on states (the "
+                              "host checks the names)"),
+            ("notify_on: [succeeded]", "  tells the host's notify_default when it ends "
+                                       "succeeded (the host checks the names)")):
+        told.write_text(f"commands: ls\n{text}\n")
+        assert main(["validate", str(told)]) == 0
+        assert capsys.readouterr().out.splitlines()[-1] == line
 
 
 def test_status_table_and_json_after_once(tmp_path: Path) -> None:

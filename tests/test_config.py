@@ -143,3 +143,14 @@ def test_serve_takes_spool_host_and_settings_from_the_config_file(
             for n in ("a", "b")]
     assert [d["state"] for d in docs] == ["succeeded", "succeeded"], docs
     assert list((tmp_path / "state" / "spools").iterdir())
+
+
+def test_notify_on_takes_the_states_a_job_comes_to_rest_in() -> None:
+    found = parse_config("notify_on: [failed, succeeded]\nnotify: {my.phone_1: 'ntfy://x/y'}\n")
+    assert found["notify_on"][0] == ("failed", "succeeded")
+    assert found["notify"][0] == (("my.phone_1", "ntfy://x/y"),)
+    with pytest.raises(ConfigError, match=r"line 1: `notify_on`: 'running' is not a state a "
+                                          r"job comes to rest in \(the states: succeeded, "):
+        parse_config("notify_on: [running]\n")
+    with pytest.raises(ConfigError, match=r"'my phone' is not a target name"):
+        parse_config("notify: {my phone: 'ntfy://x/y'}\n")

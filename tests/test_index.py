@@ -4,6 +4,7 @@ jobs as index.html, and read back by the tests' one parser (tests/util.py)."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from filerexec.machine import Job, Readiness, Run, State, Version
 from filerexec.page import render_page
@@ -90,3 +91,15 @@ def test_an_empty_host_says_how_to_start() -> None:
 
 def _when(t: float) -> str:
     return str(timestamp(t)).replace("T", " ")
+
+
+def test_the_readme_example_is_in_the_format_and_width() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    example = readme.split("```\n# filerexec on office-pc\n", 1)[1].split("```", 1)[0]
+    assert max(len(line) for line in example.splitlines()) <= WIDTH
+    assert index_jobs(example) == {
+        "backup": {"state": "failed", "since": "2026-11-28 06:03:40+01:00", "exit code": "3",
+                   "sync → start": "4s → 0s"},
+        "nightly/db": {"state": "scheduled", "since": "2026-11-28 06:00:02+01:00",
+                       "reason": "waiting for its first slot", "sync → start": "2s",
+                       "next": "2026-11-29 03:00:00+01:00"}}

@@ -219,8 +219,26 @@ def test_ntfy_and_json_reach_a_real_http_server() -> None:
 def test_a_receiver_error_is_a_delivery_error_with_its_answer() -> None:
     with Receiver(status=503) as r, pytest.raises(sender.DeliveryError, match="HTTP 503"):
         sender.send(r.url("json"), trial_event("h", 0.0))
-    with pytest.raises(sender.DeliveryError, match=r"cannot reach http://127\.0\.0\.1"):
-        sender.send(f"json://127.0.0.1:{free_port()}/hook?token=secret", trial_event("h", 0.0))
+    with pytest.raises(sender.DeliveryError, match=r"cannot reach http://127\.0\.0\.1") as e:
+        sender.send(f"json://user:pw-secret@127.0.0.1:{free_port()}/topic-secret?token=secret",
+                    trial_event("h", 0.0))
+    assert "secret" not in str(e.value)  # what host.yaml and the log show carries no token
+
+
+def test_log_tail_follows_the_hosts_setting_and_is_capped(tmp_path: Path) -> None:
+    from filerexec.delivery import Notices
+
+    (tmp_path / "r1").write_bytes(b"".join(b"line %d\n" % i for i in range(5000)))
+    job = ended()
+    for lines, tail in ((0, ""), (2, "line 4998\nline 4999")):
+        settings = Settings(tmp_path, "h", tmp_path / "state", notify=(("ops", "json://x/"),),
+                            notify_default=("ops",), notify_log_tail=lines)
+        [event] = Notices(settings, lambda run_id: tmp_path / run_id)(job, 0.0)
+        assert event.event["log_tail"] == tail
+    settings = Settings(tmp_path, "h", tmp_path / "state", notify=(("ops", "json://x/"),),
+                        notify_default=("ops",), notify_log_tail=10_000)
+    [event] = Notices(settings, lambda run_id: tmp_path / run_id)(job, 0.0)
+    assert 0 < len(event.event["log_tail"].encode()) <= 2048
 
 
 def test_a_command_target_gets_the_event_in_variables(tmp_path: Path) -> None:

@@ -308,10 +308,12 @@ def test_windows_command_line_and_taskkill() -> None:
 def test_popen_command_and_process_group_per_platform(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     exit_path = tmp_path / "r.exit"
-    command, group = process._command(["/bin/sh", "-c", "x"], exit_path, "run-1")
+    command, group = process._command(["/bin/bash", "-c", "x"], exit_path, "run-1")
     assert command[:2] == ["/bin/sh", "-c"] and command[3:] == [
-        "filerexec-run", str(exit_path), "/bin/sh", "-c", "x"]
+        "filerexec-run", str(exit_path), "/bin/bash", "-c", "x"]
     assert group == {"start_new_session": True}
+    command, _ = process._command(["/bin/sh", "-c", "x"], exit_path, "run-1")  # its own shell
+    assert command[3:] == ["/bin/sh", str(exit_path), "-c", "x"]  # one exec: a subshell
     monkeypatch.setattr(process, "_NT", True)
     monkeypatch.setattr(sys, "_base_executable", r"C:\Python\python.exe", raising=False)
     command, group = process._command([r"C:\Windows\System32\cmd.exe", "/d", "/s", "/c", "x"],
@@ -370,3 +372,24 @@ def test_windows_tree_order_parents_before_children() -> None:
     parents = {10: 1, 11: 10, 12: 11, 13: 10, 20: 1, 0: 0}
     assert winproc.descendants(10, parents) == [11, 13, 12]
     assert winproc.descendants(99, parents) == []
+
+
+@linux_only
+def test_a_job_in_the_wrappers_own_shell_runs_in_a_fork_of_it_as_sh_c_would_run_it(
+        tmp_path: Path) -> None:
+    """One exec per job, not two: /bin/sh jobs run in a subshell of the waiting parent (its
+    argv is the wrapper's), and see what `sh -c` shows them: $0, no arguments, none of the
+    wrapper's variables, no trap; every other shell is exec'd by the waiting parent."""
+    probe = 'echo "$0|$#|${f-unset}|${s-unset}|${c-unset}|$(trap)"'
+    own = "read me _ </proc/self/stat; tr '\\0\\n' '  ' </proc/$me/cmdline; echo"
+    code, out = run(launch(tmp_path, f"{own}; {probe}; exit 7"))
+    cmdline, shown = out.splitlines()
+    assert code == 7 and read_exit(tmp_path / "exit") == 7
+    assert cmdline.startswith("/bin/sh -c f=$1; shift")  # the waiting parent, forked
+    plain = subprocess.run(["/bin/sh", "-c", probe], capture_output=True, text=True)
+    assert shown == plain.stdout.strip() == "/bin/sh|0|unset|unset|unset|"
+    bash = shutil.which("bash")
+    if bash is not None:  # another shell: the waiting parent execs it, as before
+        (tmp_path / "out.log").unlink()
+        code, out = run(launch(tmp_path, own, shell=bash))
+        assert code == 0 and out.startswith(f"{bash} -c ")
