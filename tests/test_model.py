@@ -109,15 +109,17 @@ class FakeProcs:
     def read_exit(self, exit_path: Path) -> int | None:
         return process.read_exit(exit_path)
 
-    def terminate(self, handle: process.Handle, run_id: str) -> None:
+    def terminate(self, handle: process.Handle, run_id: str) -> str | None:
         self._maybe_crash("signal")
         if self.alive(handle):
             self.procs[handle.pid].end(TERM_CODE)
+        return None
 
-    def kill(self, handle: process.Handle, run_id: str) -> None:
+    def kill(self, handle: process.Handle, run_id: str) -> str | None:
         self._maybe_crash("signal")
         if self.alive(handle):
             self.procs[handle.pid].end(None)
+        return None
 
     def find(self, run_id: str) -> process.Handle | None:
         return next((p.handle for p in self.running() if p.run_id == run_id), None)
