@@ -173,7 +173,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         if os.environ.get("FILEREXEC_REQUIRE_SLURM") == "1":
             pytest.fail(f"FILEREXEC_REQUIRE_SLURM=1 but {why}")
         pytest.skip(why)
-    c = Cluster(tmp_path_factory.mktemp("slurm"))
+    # KillWait longer than the daemon's kill grace: a job that ignores TERM is ended by the
+    # daemon's KILL (tests/test_slurm.py shows it), not by Slurm's own.
+    c = Cluster(tmp_path_factory.mktemp("slurm"), kill_wait=30)
     c.start()
     yield c
     left = c.stop()
