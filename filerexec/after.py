@@ -115,9 +115,12 @@ def check(job: Job, jobs: Mapping[str, Job], now: float) -> AfterChecked | None:
 
 def standing(name: str, dep: Job | None) -> tuple[Verdict, str]:
     """What one dependency allows, judged by its current version's last run."""
-    if dep is None or dep.version is None:
+    run = dep.run if dep is not None else None
+    if dep is None or (dep.version is None and (dep.deleted is not None or run is None)):
         return Verdict.WAITING, f"waiting for {name}, which does not exist on this host (yet)"
-    run, digest = dep.run, dep.version.digest
+    # No version but not deleted: after a clean restart a finished job's file, unchanged
+    # since the version it ran, is not read again (reconcile.py): it is that run's version.
+    digest = dep.version.digest if dep.version is not None else run.digest if run else None
     current = run is not None and run.digest == digest and not dep.running \
         and run.outcome is not None
     if current and run is not None and run.outcome is State.SUCCEEDED:

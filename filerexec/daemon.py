@@ -36,6 +36,7 @@ from filerexec.machine import (
     Phase,
     Readiness,
     Signal,
+    Signalled,
     Start,
     Sweep,
     Tick,
@@ -244,16 +245,16 @@ class Daemon:
             committed = self._commit(now)
             actions, self._actions = self._actions, []
             starts = []
-            for action in actions:
-                if isinstance(action, Start):
+            for act in actions:
+                if isinstance(act, Start):
                     if committed:
-                        starts.append(action)
+                        starts.append(act)
                     else:
-                        self.table.undo_launch(action.name)
-                elif isinstance(action, Signal):
-                    self.runner.signal(action)
-                elif isinstance(action, Sweep):
-                    self._sweeps.add(action.run_id)
+                        self.table.undo_launch(act.name)
+                elif isinstance(act, Signal):  # a kill that could not be made is shown, retried
+                    self._observe([Observed(act.name, Signalled(now, self.runner.signal(act)))])
+                elif isinstance(act, Sweep):
+                    self._sweeps.add(act.run_id)
             self._observe(self.runner.launch(starts, now))
         self._commit(now)
         self.table.launches_done()

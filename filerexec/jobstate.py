@@ -80,11 +80,18 @@ class Run:
 
 @dataclass(frozen=True, slots=True)
 class Kill:
-    """A kill in progress: TERM sent at ``since``; KILL once the grace has passed."""
+    """A kill in progress: TERM sent at ``since``; KILL once the grace has passed.
+
+    ``failed`` is why the last attempt could not kill the job (every mechanism failed); it is
+    tried again at ``retry_at``, the delay doubling with each of its ``failures``.
+    """
 
     reason: str
     since: float
     escalated: bool = False
+    failed: str | None = None
+    failures: int = 0
+    retry_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +209,14 @@ class Vanished:
 
 
 @dataclass(frozen=True, slots=True)
+class Signalled:
+    """A TERM or KILL was carried out (``problem`` None) or could not be (why not)."""
+
+    now: float
+    problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Held:
     """The host starts nothing new for now (``reason``: a drain, safe mode), or again (None)."""
 
@@ -238,6 +253,7 @@ Event: TypeAlias = (
     | Scheduled
     | SlotCame
     | AfterChecked
+    | Signalled
 )
 
 

@@ -221,7 +221,9 @@ def job_to_record(job: Job) -> dict[str, Any]:
         "next_run": job.next_run,
         "slot": job.slot,
         "after_wait": job.after_wait,
-        "kill": None if job.kill is None else [job.kill.reason, job.kill.since, job.kill.escalated],
+        "kill": None if job.kill is None else [job.kill.reason, job.kill.since, job.kill.escalated,
+                                               job.kill.failed, job.kill.failures,
+                                               job.kill.retry_at],
         "run": None if run is None else {
             "run_id": run.run_id, "digest": run.digest, "started": run.started,
             "timeout": run.timeout, "pid": run.pid, "create_time": run.create_time,
@@ -249,7 +251,7 @@ def job_from_record(rec: dict[str, Any]) -> Job:
         run=run,
         started_digest=rec["started_digest"],
         last_operation=rec["last_operation"],
-        kill=None if kill is None else Kill(kill[0], kill[1], kill[2]),
+        kill=None if kill is None else Kill(*kill),  # 3 items before kill failures were kept
         missing_since=rec.get("missing_since"),
         deleted=rec["deleted"],
         runs=rec["runs"],

@@ -17,6 +17,7 @@ from dataclasses import replace
 from enum import StrEnum
 from typing import TypeAlias
 
+from filerexec import kills
 from filerexec.after import checked, gate
 from filerexec.jobstate import (
     Action,
@@ -35,6 +36,7 @@ from filerexec.jobstate import (
     Run,
     Scheduled,
     Signal,
+    Signalled,
     SlotCame,
     Spawned,
     SpawnFailed,
@@ -68,7 +70,8 @@ __all__ = [
     "FREE_SLOT", "HELD", "TABLE", "Action", "AfterChecked", "Event", "Exited", "FileMissing",
     "FileRead",
     "Handler", "Held", "Job", "Kill", "Launch", "Observed", "Phase", "Readiness", "Result",
-    "Run", "Scheduled", "Signal", "SpawnFailed", "Spawned", "Start", "State", "Sweep", "Tick",
+    "Run", "Scheduled", "Signal", "Signalled", "SpawnFailed", "Spawned", "Start", "State",
+    "Sweep", "Tick",
     "Timing", "Vanished", "Verdict", "Version", "next_due", "phase", "transition",
 ]
 
@@ -248,7 +251,7 @@ def _tick_stopping(job: Job, event: Event, timing: Timing) -> Result:
     if _passed(_escalation_due(job, timing), now):
         job = replace(job, kill=replace(kill, escalated=True))
         return job, [Signal(job.name, run, force=True)]
-    return job, []
+    return kills.retry(job, event)
 
 
 # --- timers: when a Tick changes a job (the only copy of these rules) -----------
@@ -287,7 +290,8 @@ def next_due(job: Job, timing: Timing, now: float) -> float | None:
     The daemon asks this rather than knowing the rules: a timer added here wakes the
     loop with no change elsewhere. A time at or before ``now`` means "tick it now".
     """
-    times = (_deletion_due(job, timing), _escalation_due(job, timing), _timeout_due(job),
+    times = (_deletion_due(job, timing), _escalation_due(job, timing), kills.retry_due(job),
+             _timeout_due(job),
              _expiry_due(job), job.retry_at if job.state is State.PENDING else None,
              job.next_run)
     return min((t for t in times if t is not None), default=None)
@@ -376,22 +380,24 @@ def _spawn_failed(job: Job, event: Event, timing: Timing) -> Result:
 def _exited(job: Job, event: Event, timing: Timing) -> Result:
     assert isinstance(event, Exited)
     code = event.code
-    if job.kill:
+    if job.kill and job.kill.failed is None:
         return _finish(job, event.now, code, State.KILLED, job.kill.reason)
     if event.killed is not None:
         return _finish(job, event.now, code, State.KILLED, event.killed)
     if code == 0:
-        return _finish(job, event.now, code, State.SUCCEEDED, "exit code 0")
-    if code < 0:
-        return _finish(job, event.now, code, State.FAILED, f"ended by signal {-code}")
-    return _finish(job, event.now, code, State.FAILED, f"exit code {code}")
+        outcome, reason = State.SUCCEEDED, "exit code 0"
+    else:
+        outcome = State.FAILED
+        reason = f"ended by signal {-code}" if code < 0 else f"exit code {code}"
+    return _finish(job, event.now, code, outcome, kills.unkilled(job.kill, reason) or reason)
 
 
 def _vanished(job: Job, event: Event, timing: Timing) -> Result:
     assert isinstance(event, Vanished)
-    if job.kill:
+    if job.kill and job.kill.failed is None:
         return _finish(job, event.now, None, State.KILLED, job.kill.reason)
-    return _finish(job, event.now, None, State.LOST, event.reason)
+    return _finish(job, event.now, None, State.LOST,
+                   kills.unkilled(job.kill, event.reason) or event.reason)
 
 
 def _finish(job: Job, now: float, code: int | None, outcome: State, reason: str) -> Result:
@@ -463,4 +469,5 @@ TABLE: dict[tuple[Phase, type], Handler] = {
     (_P.STOPPING, Vanished): _vanished,
     (_P.IDLE, AfterChecked): checked,  # skipped, or invalid by a cycle: may run now
     (_P.WAITING, AfterChecked): checked,
+    (_P.STOPPING, Signalled): kills.signalled,
 }

@@ -239,20 +239,21 @@ def read_exit(exit_path: Path) -> int | None:
         return None
 
 
-def terminate(handle: Handle, run_id: str) -> None:
-    """Ask the run's whole tree to stop (SIGTERM); returns at once."""
+def terminate(handle: Handle, run_id: str) -> str | None:
+    """Ask the run's whole tree to stop (SIGTERM); returns at once.
+
+    None when it was done (or there was nothing left to signal), else why it could not be.
+    """
     if _NT:
-        _nt_kill(handle, run_id)
-    else:
-        _signal_tree(handle, run_id, signal.SIGTERM)
+        return _nt_kill(handle, run_id)
+    return _signal_tree(handle, run_id, signal.SIGTERM)
 
 
-def kill(handle: Handle, run_id: str) -> None:
-    """Kill the run's whole tree (SIGKILL); returns at once."""
+def kill(handle: Handle, run_id: str) -> str | None:
+    """Kill the run's whole tree (SIGKILL); returns at once. None, or why it could not."""
     if _NT:
-        _nt_kill(handle, run_id)
-    else:
-        _signal_tree(handle, run_id, signal.SIGKILL)
+        return _nt_kill(handle, run_id)
+    return _signal_tree(handle, run_id, signal.SIGKILL)
 
 
 def find(run_id: str) -> Handle | None:
@@ -306,13 +307,15 @@ def sweep(run_ids: Collection[str]) -> None:
             continue
 
 
-def _signal_tree(handle: Handle, run_id: str, sig: signal.Signals) -> None:
+def _signal_tree(handle: Handle, run_id: str, sig: signal.Signals) -> str | None:
     group = alive(handle)  # never signal a group whose leader's pid was reused
     if group:
         try:
             os.killpg(handle.pid, sig)
         except ProcessLookupError:
             group = False
+        except OSError as e:  # EPERM: a member changed its user (a setuid program)
+            return f"{sig.name} to process group {handle.pid}: {e.strerror or e}"
     # Carriers of the run id: escapees, and group members left after the leader died.
     for pid in _carriers(run_id):
         try:
@@ -322,6 +325,7 @@ def _signal_tree(handle: Handle, run_id: str, sig: signal.Signals) -> None:
             logger.info("run %s: sent %s to pid %d outside its group", run_id, sig.name, pid)
         except OSError:
             continue
+    return None
 
 
 def _carriers(*run_ids: str) -> list[int]:
@@ -436,9 +440,9 @@ class Api(Protocol):
 
     def read_exit(self, exit_path: Path) -> int | None: ...
 
-    def terminate(self, handle: Handle, run_id: str) -> None: ...
+    def terminate(self, handle: Handle, run_id: str) -> str | None: ...
 
-    def kill(self, handle: Handle, run_id: str) -> None: ...
+    def kill(self, handle: Handle, run_id: str) -> str | None: ...
 
     def find(self, run_id: str) -> Handle | None: ...
 

@@ -48,8 +48,9 @@ class Runner(Protocol):
     def launch(self, starts: Sequence[Start], now: float) -> list[Observed]:
         """Start each run; never raises: a run that cannot start is a ``SpawnFailed``."""
 
-    def signal(self, action: Signal) -> None:
-        """TERM (or, with ``action.force``, KILL) the run's whole tree."""
+    def signal(self, action: Signal) -> str | None:
+        """TERM (or, with ``action.force``, KILL) the run's whole tree; None when that was
+        done, else why it could not be (the daemon shows it and tries again)."""
 
     def poll(self, running: Iterable[tuple[str, Run]], now: float) -> list[Observed]:
         """What became of the running runs (``name``, ``run``): exits, vanishings, finds."""
@@ -172,17 +173,16 @@ class LocalRunner(RunFiles):
         child.wait()  # only to wake the loop at once; poll reads the code
         self._wake()
 
-    def signal(self, action: Signal) -> None:
+    def signal(self, action: Signal) -> str | None:
         run = action.run
         if run.pid is None or run.create_time is None:
-            return
+            return None
         handle = process.Handle(run.pid, run.create_time)
         logger.info("job %s: %s (run %s)", action.name,
                     "KILL after the grace period" if action.force else "TERM", run.run_id)
         if action.force:
-            self.procs.kill(handle, run.run_id)
-        else:
-            self.procs.terminate(handle, run.run_id)
+            return self.procs.kill(handle, run.run_id)
+        return self.procs.terminate(handle, run.run_id)
 
     def sweep(self, run_ids: Collection[str]) -> None:
         if run_ids:

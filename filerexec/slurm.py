@@ -14,8 +14,9 @@ timeout), which reports what it learnt as events the loop collects at ``poll``.
   directory (which the compute nodes must share, as a home directory is); the batch
   script writes the exit code beside it. While Slurm still knows the job its state
   and ``ExitCode`` come from ``scontrol``; after that, from that file.
-- **Kills**: ``scancel`` (Slurm's process tracking kills the whole tree);
-  KILL after the grace is ``scancel --full --signal=KILL``.
+- **Kills**: as for a local job: TERM to every process of the job (``scancel --full
+  --signal=TERM``; the batch script outlives it, so the commands have the grace to clean
+  up), then KILL after the grace; a job still queued is cancelled (slurmcmd.cancel).
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ class SlurmRunner(RunFiles):
                 self._no_job_id(t)  # submitted now: followed from the next round on
             elif (info := known.get(t.job_id)) is not None or t.listed:
                 t.listed = True
-                self._cancel(t)
+                self._cancel(t, info)
                 self._follow(t, info)
 
     def _found(self, t: _Tracked, info: JobInfo) -> None:
@@ -217,11 +218,11 @@ class SlurmRunner(RunFiles):
         t.job_id, t.start, t.listed = job_id, None, False
         self._report(t, waiting_reason(JobInfo(job_id, "", "PENDING")))
 
-    def _cancel(self, t: _Tracked) -> None:
+    def _cancel(self, t: _Tracked, info: JobInfo | None) -> None:
         if t.cancel is None or t.job_id is None:
             return
         try:
-            slurmcmd.cancel(t.job_id, force=t.cancel)
+            slurmcmd.cancel(t.job_id, force=t.cancel, queued=info is not None and info.queued)
         except (slurmcmd.Unreachable, slurmcmd.Refused) as e:
             logger.warning("job %s: scancel %s: %s (trying again)", t.name, t.job_id, e)
             return

@@ -58,10 +58,17 @@ def jobs() -> dict[str, JobInfo]:
     return parse_jobs(out)
 
 
-def cancel(job_id: str, force: bool) -> None:
-    """``scancel``: the whole job (its batch script and every step); KILL with ``force``."""
+def cancel(job_id: str, force: bool, queued: bool) -> None:
+    """End a job as a local job's process group is ended: TERM (KILL with ``force``) to a
+    running job's batch script (``scancel --batch --signal``), which passes TERM on to
+    every process of the job (slurmspec.batch_script), and on whose end Slurm kills what
+    is left at once. A job still in the queue is cancelled (it takes no signal)."""
+    if queued:
+        argv = ["scancel", job_id]
+    else:
+        argv = ["scancel", "--batch", f"--signal={'KILL' if force else 'TERM'}", job_id]
     try:
-        _run(["scancel", "--full", "--signal=KILL", job_id] if force else ["scancel", job_id])
+        _run(argv)
     except Refused as e:
         if "already completing or completed" not in str(e) and "Invalid job id" not in str(e):
             raise

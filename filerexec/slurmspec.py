@@ -99,15 +99,23 @@ def sbatch_args(name: str, output: str, cwd: str, config: SlurmConfig,
 
 def batch_script(argv: list[str], exit_path: str, env: Mapping[str, str],
                  stdout: bool, stderr: bool) -> str:
-    """The batch script: the job's environment, its shell line, its exit code to a file."""
-    lines = ["#!/bin/sh"]
+    """The batch script: the job's environment, its shell line, its exit code to a file.
+
+    Slurm signals the batch script alone (a cancel, ``scancel --batch``) and kills whatever
+    is left once it ends. So the script passes TERM on to its whole process group (its
+    own: slurmstepd makes it a group leader) and waits for the job's shell: the job's
+    commands get TERM and the grace to clean up, as a local job's process group does,
+    until KILL (the daemon's after its grace, or Slurm's after KillWait)."""
+    lines = ["#!/bin/sh", """trap 'trap "" TERM; kill -TERM 0 2>/dev/null' TERM"""]
     lines.extend(f"export {k}={shlex.quote(v)}" for k, v in env.items())
     if not stdout:
         lines.append("exec >/dev/null")
     if not stderr:
         lines.append("exec 2>/dev/null")
-    lines.append(shlex.join(argv))
-    lines.append("c=$?")
+    lines.append(shlex.join(argv) + " </dev/null &")
+    lines.append("child=$!")
+    # A trapped TERM ends a `wait` early: wait again while the job's shell is still there.
+    lines.append('while :; do wait "$child"; c=$?; kill -0 "$child" 2>/dev/null || break; done')
     q = shlex.quote(exit_path)
     lines.append(f"printf '%d\\n' \"$c\" >{shlex.quote(exit_path + '.tmp')} && mv -f "
                  f"{shlex.quote(exit_path + '.tmp')} {q}")

@@ -31,11 +31,11 @@ class DieBeforeSpawn:
     def read_exit(self, exit_path: Path) -> int | None:
         return process.read_exit(exit_path)
 
-    def terminate(self, handle: process.Handle, run_id: str) -> None:
-        process.terminate(handle, run_id)
+    def terminate(self, handle: process.Handle, run_id: str) -> str | None:
+        return process.terminate(handle, run_id)
 
-    def kill(self, handle: process.Handle, run_id: str) -> None:
-        process.kill(handle, run_id)
+    def kill(self, handle: process.Handle, run_id: str) -> str | None:
+        return process.kill(handle, run_id)
 
     def find(self, run_id: str) -> process.Handle | None:
         return process.find(run_id)

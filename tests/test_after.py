@@ -95,6 +95,13 @@ def test_standing_of_one_dependency() -> None:
     edited = ended("a", "commands: x", State.SUCCEEDED)
     edited = Job("a", State.PENDING, version=valid("commands: y", "a"), run=edited.run)
     assert standing("a", edited) == (Verdict.WAITING, "waiting for a to succeed")
+    # After a clean restart an unchanged finished file is not read again: no version, but
+    # its run's version is the file's. Deleted, it is gone.
+    restored = ended("a", "commands: x", State.SUCCEEDED)
+    restored = Job("a", State.SUCCEEDED, run=restored.run)
+    assert standing("a", restored)[0] is Verdict.READY
+    assert standing("a", Job("a", State.SUCCEEDED, run=restored.run, deleted=5))[0] \
+        is Verdict.WAITING
     # A failed run whose retry waits is not the last word yet.
     retrying = ended("a", "commands: x\nretry: 1", State.FAILED, "exit code 1")
     retrying = Job("a", State.PENDING, version=retrying.version, run=retrying.run, retry_at=9)
@@ -350,4 +357,10 @@ def test_dependencies_in_a_real_daemon(host: Host, tmp_path: Path) -> None:
     assert order.read_text().split() == ["a", "b", "c", "g"]
     host.drop("y.yaml", "commands: true\n")  # the circle broken: y runs, then x
     host.wait_state("x", "succeeded")
+    # After a clean restart the host does not read unchanged finished files again; a job
+    # dropped then still finds that its dependency succeeded.
+    host.stop()
+    host.start()
+    host.drop("late.yaml", f"commands: echo late >> {order}\nafter: [a, c]\n")
+    host.wait_state("late", "succeeded")
     assert "skipped" not in host.heartbeat()["jobs"]

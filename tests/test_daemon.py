@@ -11,9 +11,12 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
+from filerexec import process
 from filerexec.config import Settings
 from filerexec.daemon import Daemon
+from filerexec.writer import StatusDir, StatusWriter
 from tests.conftest import Host, pid_alive
 from tests.test_model import FakeProcs
 from tests.util import index_states, wait_for
@@ -324,3 +327,82 @@ def test_same_size_edit_with_the_same_mtime_is_still_noticed(host: Host, tmp_pat
     assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
         before.st_ino, before.st_size, before.st_mtime_ns)
     wait_for(lambda: out.read_text().split() == ["1", "2"], what="the edited version to run")
+
+
+class UnkillableProcs(FakeProcs):
+    """Fake processes whose kills fail (every mechanism: "Access is denied") while ``deny``."""
+
+    deny = True
+    attempts = 0
+
+    def terminate(self, handle: process.Handle, run_id: str) -> str | None:
+        return self.kill(handle, run_id)
+
+    def kill(self, handle: process.Handle, run_id: str) -> str | None:
+        self.attempts += 1
+        if self.deny:
+            return "TerminateJobObject failed: Access is denied. (error 5)"
+        return super().kill(handle, run_id)
+
+
+def test_a_kill_that_fails_says_so_and_is_retried_with_back_off(
+        spool: Path, tmp_path: Path) -> None:
+    """Fault injection at the process seam the daemon uses on every platform; a restart keeps
+    the failure and the back-off (the ledger has them); the kill is claimed once it is made."""
+    procs, now = UnkillableProcs(), time.time() + 10
+    settings = Settings(spool=spool, host="h", state_dir=tmp_path / "state", poll=True,
+                        settle=0.0, poll_interval=1.0)
+    status = spool / "status" / "h" / "u.yaml"
+
+    def reason() -> str:
+        return str(yaml.safe_load(status.read_text())["reason"])
+
+    def opened() -> Daemon:
+        writer = StatusWriter(StatusDir(spool, "h"), settings.log_cap, inline=True)
+        daemon = Daemon(settings, clock=lambda: now, procs=procs, writer=writer)
+        daemon.open()
+        return daemon
+
+    daemon = opened()
+    try:
+        (spool / "jobs" / "u.yaml").write_text("commands: 'exit 0 # n1'\n")
+        daemon.step(now)
+        (spool / "jobs" / "u.yaml").write_text("commands: 'exit 0 # n1'\noperation: stop\n")
+        now += 1.0
+        daemon.step(now)
+        assert procs.attempts == 1 and procs.running()
+        assert reason() == ("stopping: stopped by operation: stop; could not kill it: "
+                            "TerminateJobObject failed: Access is denied. (error 5); trying "
+                            "again in 1s")
+        now += 0.5
+        daemon.step(now)
+        assert procs.attempts == 1  # not before its time
+        now += 0.5
+        daemon.step(now)
+        assert procs.attempts == 2 and reason().endswith("trying again in 2s")
+        daemon.close()
+        daemon = opened()  # adopts it: the kill is sent again at once, and fails again
+        daemon.step(now)
+        assert procs.attempts == 3 and reason().endswith("trying again in 4s")
+        assert yaml.safe_load(status.read_text())["state"] == "running"  # nothing claimed
+        procs.deny = False
+        now += 4.0
+        daemon.step(now)
+        now += 1.0
+        daemon.step(now)
+        doc = yaml.safe_load(status.read_text())
+        assert (doc["state"], doc["reason"]) == ("killed", "stopped by operation: stop")
+        assert procs.attempts == 4 and not procs.running()
+    finally:
+        daemon.close()
+        procs.release()
+
+
+def test_a_failed_group_signal_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    """POSIX: killpg refused (a member became another user's, a setuid program)."""
+    def refuse(pid: int, sig: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(process, "alive", lambda handle: True)
+    monkeypatch.setattr(os, "killpg", refuse)
+    assert process.kill(process.Handle(4242, 1.0), "r1") == (
+        "SIGKILL to process group 4242: Operation not permitted")

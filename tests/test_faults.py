@@ -114,6 +114,10 @@ def test_sigkill_at_random_moments_never_runs_twice_never_loses(
     argv = [sys.executable, "-m", "filerexec", "serve", str(spool), "--host", host.name,
             "--state-dir", str(host.state), *host.extra_args]
     pid_file: Path | None = None
+    # A scheduled job beside them: a run per slot of 1 s, each printing its run id, while the
+    # daemon is killed and restarted, and down across slots (catch_up: latest runs one).
+    ticks = tmp_path / "ticks"
+    host.drop("tick.yaml", f"commands: echo $FILEREXEC_RUN_ID >> {ticks}\nevery: 1s\n")
     try:
         for _ in range(CYCLES):
             for _ in range(rng.randint(0, 2)):  # while no daemon runs
@@ -135,6 +139,7 @@ def test_sigkill_at_random_moments_never_runs_twice_never_loses(
             proc.wait(timeout=15)
         host.start()
         _settle_and_check(host, world)
+        _check_slots(host, ticks)
         assert host.proc is not None and host.proc.poll() is None, "the final daemon died"
     except AssertionError as e:
         raise AssertionError(f"FAULT_SEED={seed}: {e}") from None
@@ -191,7 +196,7 @@ def _settle_and_check(host: Host, world: World) -> None:
     twice = {n: c for n, c in started.items() if c > 1}
     assert not twice, f"versions started more than once: {twice}"
     assert not world.never & set(started), "a conflicted copy ran"
-    runs = _runs(host)
+    runs = [r for r in _runs(host) if r[1] != "tick"]  # the scheduled one: _check_slots
     per_version = Counter((job, digest) for _, job, digest, *_ in runs)
     assert max(per_version.values(), default=0) <= 1, f"ledger: {per_version.most_common(3)}"
     for run_id, job, digest, outcome, code, reason in runs:
@@ -210,6 +215,31 @@ def _settle_and_check(host: Host, world: World) -> None:
             assert doc["exit_code"] == true_code, f"{name}: {doc}"
         else:
             assert doc["state"] == "lost" and nonce not in started, f"{name}: {doc}"
+
+
+def _check_slots(host: Host, ticks: Path) -> None:
+    """Every slot ran at most once, only after its run was in the ledger, and the schedule
+    outlived every kill: the latest slots still run."""
+    def slots() -> list[float]:
+        db = host.ledger()
+        try:
+            return [s for (s,) in db.execute("SELECT slot FROM runs WHERE job = 'tick'")]
+        finally:
+            db.close()
+
+    since = time.time()
+    wait_for(lambda: max(slots(), default=0) > since, timeout=15, what="a slot after the kills")
+    found = slots()
+    assert None not in found and len(found) == len(set(found)), f"a slot ran twice: {found}"
+    assert all(abs((s - found[0]) - round(s - found[0])) < 1e-6 for s in found), found
+    printed = Counter(_lines(ticks))
+    assert max(printed.values(), default=0) == 1, f"a run started twice: {printed}"
+    db = host.ledger()
+    try:
+        recorded = {r for (r,) in db.execute("SELECT run_id FROM runs WHERE job = 'tick'")}
+    finally:
+        db.close()
+    assert set(printed) <= recorded, "a slot ran that the ledger never recorded"
 
 
 def _lines(path: Path) -> list[str]:

@@ -16,6 +16,7 @@ from filerexec.machine import (
     Launch,
     Readiness,
     Signal,
+    Signalled,
     Spawned,
     SpawnFailed,
     Start,
@@ -150,6 +151,63 @@ def test_delete_confirmed_after_grace_kills_then_escalates() -> None:
     assert isinstance(kill, Signal) and kill.force
     h(Exited(-9, 18))
     assert h.job.state is State.KILLED and h.job.reason == "job file deleted"
+
+
+def test_a_kill_that_cannot_be_made_is_shown_and_retried_with_back_off() -> None:
+    h = History()
+    h(FileRead(version("commands: sleep 100"), 1))
+    h.launch(1)
+    h(FileMissing(10))
+    h(Tick(12))  # TERM
+    assert h(Signalled(12, "Access is denied")) == []
+    assert h.job.state is State.RUNNING
+    assert h.job.reason == ("stopping: job file deleted; could not kill it: Access is denied; "
+                            "trying again in 1s")
+    assert h(Tick(12.9)) == []  # the fake clock: not before its second
+    [again] = h(Tick(13))
+    assert isinstance(again, Signal) and again.force
+    h(Signalled(13, "Access is denied"))
+    assert h.job.reason.endswith("trying again in 2s") and h(Tick(14.9)) == []
+    [again] = h(Tick(15))
+    assert isinstance(again, Signal) and again.force
+    h(Signalled(15, None))  # this one worked
+    assert h.job.reason == "stopping: job file deleted" and h(Tick(100)) == []
+    h(Exited(1, 16))
+    assert (h.job.state, h.job.reason) == (State.KILLED, "job file deleted")
+
+
+def test_the_kill_back_off_stops_growing_at_a_minute() -> None:
+    h = History()
+    h(FileRead(version("commands: sleep 100\ntimeout: 1s"), 1))
+    h.launch(1)
+    h(Tick(2))  # the timeout: TERM
+    now = 2.0
+    for _ in range(10):
+        h(Signalled(now, "no such luck"))
+        assert h.job.kill is not None and h.job.kill.retry_at is not None
+        now = h.job.kill.retry_at
+        assert [type(a) for a in h(Tick(now))] == [Signal]
+    assert h.job.reason.endswith("could not kill it: no such luck; trying again in 1m")
+    assert h.job.kill is not None and h.job.kill.failures == 10
+
+
+def test_a_job_that_ends_while_its_kill_failed_is_not_called_killed() -> None:
+    h = History()
+    h(FileRead(version("commands: sleep 100"), 1))
+    h.launch(1)
+    h(FileRead(version("commands: sleep 100\noperation: stop"), 5))
+    h(Signalled(5, "taskkill exited 1: Access is denied"))
+    h(Exited(0, 6))  # it ended by itself: never claim the kill
+    assert h.job.state is State.SUCCEEDED
+    assert h.job.reason == ("exit code 0, by itself: it could not be killed (stopped by "
+                            "operation: stop): taskkill exited 1: Access is denied")
+    h2 = History()
+    h2(FileRead(version("commands: sleep 100"), 1))
+    h2.launch(1)
+    h2(FileRead(version("commands: sleep 100\noperation: stop"), 5))
+    h2(Signalled(5, "denied"))
+    h2(Vanished(6))
+    assert h2.job.state is State.LOST and "could not be killed" in h2.job.reason
 
 
 def test_file_back_within_grace_cancels_the_delete() -> None:

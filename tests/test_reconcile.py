@@ -108,3 +108,36 @@ def test_missing_jobs_folder_is_unavailable_not_missing_files(tmp_path: Path) ->
     seen.reconcile(T + 1)
     assert not rec.spool_available
     assert not any(isinstance(e.event, FileMissing) for e in seen.events)
+
+
+def test_a_signed_job_is_checked_again_right_before_it_runs(tmp_path: Path) -> None:
+    from filerexec.ledger import Ledger
+
+    spool = tmp_path / "spool"
+    (spool / "jobs").mkdir(parents=True)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    secret = b"k" * 32
+    (keys / "laptop.key").write_text(secret.hex())
+    jobs: dict[str, Job] = {}
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    for require in (False, True):
+        settings = Settings(spool=spool, host="h", state_dir=tmp_path / "state",
+                            require_signature=require)
+        rec = Reconciler(settings, jobs, Admission(settings, keys, ledger))
+        write_old(spool / "jobs" / "s.yaml", sign(b"commands: ls\nevery: 1h\n", "s", "laptop",
+                                                  secret, f"n{require}").decode())
+        [first] = rec.reconcile(T, {}).events
+        assert isinstance(first.event, FileRead)
+        jobs["s"] = Job("s", version=first.event.version)
+        if not require:  # nothing to check on a host that runs unsigned jobs
+            assert rec.recheck(["s"], T + 1) == []
+            continue
+        [again] = rec.recheck(["s"], T + 1)  # the same file, no replay: the same version
+        assert isinstance(again.event, FileRead) and again.event.version == first.event.version
+        (keys / "laptop.key").unlink()  # revoked
+        [revoked] = rec.recheck(["s", "unknown"], T + 2)
+        assert isinstance(revoked.event, FileRead)
+        assert revoked.event.version.readiness is Readiness.REJECTED
+        assert "does not trust" in (revoked.event.version.problem or "")
+    ledger.close()

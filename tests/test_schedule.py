@@ -16,9 +16,11 @@ from filerexec.machine import (
     Exited,
     FileMissing,
     FileRead,
+    Readiness,
     Signal,
     State,
     Tick,
+    Version,
     next_due,
 )
 from filerexec.render import job_status
@@ -286,3 +288,16 @@ def test_a_cron_version_edited_in_while_another_runs_waits_for_its_slot(
     assert h.launch(1213) == []
     h(Tick(1500))
     assert h.job.due
+
+
+def test_a_rejected_reread_stops_the_schedule() -> None:
+    h = History()
+    h(FileRead(version(EVERY), 100))
+    h.launch(100)
+    h(Exited(0, 101))
+    h(FileRead(Version(Readiness.REJECTED, problem="signed with key 'laptop', which this host "
+                       "does not trust (never installed, or revoked)"), 110))
+    assert h.job.state is State.REJECTED and h.job.next_run is None
+    assert next_due(h.job, T, 110) is None  # no slot wakes it
+    h(Tick(1000))
+    assert h.launch(1000) == [] and len(h.starts) == 1

@@ -22,6 +22,8 @@ from tests.conftest import Host
 from tests.slurm_cluster import Cluster
 from tests.util import holds, wait_for
 
+ENDED = ("FAILED", "CANCELLED")  # a job ended by a signal (TERM, then KILL) or a cancel
+
 
 def test_scontrol_lines_and_sbatch_arguments() -> None:
     line = ("JobId=7 JobName=filerexec-r1 UserId=root(0) JobState=FAILED Reason=NonZeroExitCode "
@@ -67,7 +69,7 @@ def test_deleting_a_job_cancels_it_in_slurm(slurm_host: Host, cluster: Cluster,
     job.unlink()
     doc = slurm_host.wait_state("long", "killed", timeout=30)
     assert doc["reason"] == "job file deleted"
-    assert "JobState=CANCELLED" in cluster.scontrol("-o", "show", "job", job_id)
+    assert cluster.state_of(job_id) in ENDED
 
 
 @pytest.mark.slow
@@ -98,14 +100,37 @@ def test_a_queued_run_is_pending_with_slurms_reason_and_its_timeout_counts_from_
     slurm_host.drop("hog.yaml", "operation: stop\n" + hog_job)
     stopped = slurm_host.wait_state("hog", "killed", timeout=30)
     assert stopped["reason"] == "stopped by operation: stop"
-    assert "JobState=CANCELLED" in cluster.scontrol("-o", "show", "job", hog_id)
+    assert cluster.state_of(hog_id) in ENDED
 
     wait_for(began.exists, timeout=30, what="the timed job to begin once the hog is gone")
     start = time.monotonic()
     done = slurm_host.wait_state("timed", "killed", timeout=30)
     assert time.monotonic() - start >= 2.5  # its 3 s counted from Slurm's start, not the queue
     assert done["reason"] == "timeout: ran longer than 3s", done
-    assert "JobState=CANCELLED" in cluster.scontrol("-o", "show", "job", str(done["slurm_job"]))
+    assert cluster.state_of(str(done["slurm_job"])) in ENDED
+
+
+@pytest.mark.slow
+def test_a_job_that_ignores_term_is_killed_after_the_grace(
+        slurm_host: Host, cluster: Cluster, tmp_path: Path, _isolated_config: Path) -> None:
+    """A deletion is scancel: TERM reaches the job's commands, which have the daemon's kill
+    grace (1 s here) to clean up, as local jobs do; then the daemon's KILL (`scancel --full
+    --signal=KILL`) ends the tree, well before Slurm's own KillWait (30 s here)."""
+    marker = tmp_path / "began"
+    _isolated_config.write_text(_isolated_config.read_text() + "kill_grace: 1s\n")
+    slurm_host.start()
+    job = slurm_host.drop("stubborn.yaml", f"commands: trap 'echo got TERM' TERM; touch {marker};"
+                          " while :; do sleep 0.1; done\n")
+    wait_for(marker.exists, timeout=30, what="the job to begin on the node")
+    wait_for(lambda: (d := slurm_host.status("stubborn")) and d.get("slurm_job"), timeout=30,
+             what="its Slurm id")
+    job.unlink()
+    asked = time.monotonic()
+    doc = slurm_host.wait_state("stubborn", "killed", timeout=40)
+    assert time.monotonic() - asked < 15  # delete grace 2 s + kill grace 1 s, not KillWait
+    assert doc["reason"] == "job file deleted" and doc["exit_code"] == 128 + 9
+    assert "got TERM" in slurm_host.log_of("stubborn")
+    assert cluster.state_of(str(doc["slurm_job"])) in ENDED
 
 
 @pytest.mark.slow
@@ -116,7 +141,9 @@ def test_a_job_cancelled_in_slurm_by_someone_else_is_killed_with_that_reason(
     doc = wait_for(lambda: (d := slurm_host.status("victim")) and d["state"] == "running"
                    and d.get("slurm_job") and d, timeout=30, what="running, with its Slurm id")
     cluster.cancel(str(doc["slurm_job"]))  # the cluster's admin, or the user at a shell
-    doc = slurm_host.wait_state("victim", "killed", timeout=30)
+    asked = time.monotonic()
+    doc = slurm_host.wait_state("victim", "killed", timeout=40)
+    assert time.monotonic() - asked < 15  # TERM reached the job's commands: no KillWait
     assert doc["reason"] == "cancelled in Slurm (scancel)" and doc["exit_code"] == 128 + 15
 
 
