@@ -131,7 +131,7 @@ def systemd_unit(t: Target) -> str:
     return (
         f"# {HEADER}\n"
         "[Unit]\n"
-        f"Description=filerexec: run jobs dropped into {t.spool}\n"
+        f"Description=filerexec: run jobs dropped into {t.spool.as_posix()}\n"
         f"{after}"
         "\n[Service]\n"
         "Type=simple\n"
@@ -153,7 +153,7 @@ def launchd_label(t: Target) -> str:
 
 def launchd_plist(t: Target) -> str:
     """A LaunchAgent (LaunchDaemon with ``system``): started at load, kept alive."""
-    log = str(t.home / "Library" / "Logs" / f"{t.name}.log")
+    log = (t.home / "Library" / "Logs" / f"{t.name}.log").as_posix()
     doc: dict[str, object] = {
         "Label": launchd_label(t),
         "ProgramArguments": list(t.argv),
@@ -273,7 +273,7 @@ def install(t: Target) -> list[Step]:
         domain = "system" if t.system else f"gui/{t.uid}"
         return [Write(path, launchd_plist(t)),
                 Run(("launchctl", "bootout", f"{domain}/{launchd_label(t)}"), may_fail=True),
-                Run(("launchctl", "bootstrap", domain, str(path)))]
+                Run(("launchctl", "bootstrap", domain, path.as_posix()))]
     schtasks = _schtasks(t)
     return [Write(path, windows_task(t), "utf-16"),
             Run((schtasks, "/Create", "/TN", t.name, "/XML", str(path), "/F")),

@@ -25,7 +25,8 @@ def pytest_itemcollected(item: pytest.Item) -> None:
     another on one worker, so they never compete with each other for the machine's cores, and
     fixed resources a slow test starts once (a Syncthing pair, a Slurm cluster, a Wine prefix)
     are never started twice at the same time; the short ones share out the other workers."""
-    if item.get_closest_marker("slow") or item.get_closest_marker("serial"):
+    serial = item.get_closest_marker("slow") or item.get_closest_marker("serial")
+    if serial and item.config.pluginmanager.hasplugin("xdist"):  # not in the Windows stage
         item.add_marker(pytest.mark.xdist_group("serial"))  # read by xdist's modifyitems hook
 
 

@@ -62,7 +62,7 @@ def test_errors_name_the_key_and_the_line(text: str, line: int, words: str) -> N
         parse_config(text, Path("/etc/fx.yaml"))
     assert info.value.line == line
     assert words in str(info.value) and str(info.value).startswith(
-        f"config file /etc/fx.yaml, line {line}: ")
+        f"config file {Path('/etc/fx.yaml')}, line {line}: ")  # \etc\fx.yaml on Windows
 
 
 def test_precedence_default_file_environment_flag(tmp_path: Path) -> None:
@@ -104,7 +104,7 @@ def test_config_show_prints_values_and_sources(
     assert f"log_cap: 2MiB  # config file {_isolated_config}" in lines
     assert "kill_grace: 10s  # flag --kill-grace" in lines
     assert "poll: true  # flag --poll" in lines
-    assert "spool: /srv/sp  # argument" in lines
+    assert f"spool: {Path('/srv/sp')}  # argument" in lines
     assert "max_parallel: 16  # default" in lines
     assert "require_signature: false  # default" in lines and "allow: []  # default" in lines
     # What it prints is a config file: the values read back as they were set.
@@ -132,9 +132,10 @@ def test_serve_takes_spool_host_and_settings_from_the_config_file(
                                 f"state_dir: {tmp_path / 'state'}\n")
     # Two jobs that would fail if they ran at once: max_parallel 1 must serialise them.
     guard = tmp_path / "guard"
+    pause = "ping -n 2 127.0.0.1" if os.name == "nt" else "sleep 0.3"  # cmd.exe on Windows
     for name in ("a", "b"):
         job = spool / "jobs" / f"{name}.yaml"
-        job.write_text(f"commands: mkdir {guard} || exit 9; sleep 0.3; rmdir {guard}\n")
+        job.write_text(f"commands:\n  - mkdir {guard}\n  - {pause}\n  - rmdir {guard}\n")
         os.utime(job, (time.time() - 60, time.time() - 60))  # synced a while ago: settled
     done = subprocess.run([sys.executable, "-m", "filerexec", "serve", "--once"],
                           capture_output=True, text=True, timeout=30)

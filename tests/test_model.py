@@ -180,6 +180,7 @@ class DaemonModel(RuleBasedStateMachine):
         self.present: dict[str, tuple[str, str]] = {}  # job → (text, digest)
         self.never: set[str] = set()  # nonces of conflicted copies
         self.scheduled: set[str] = set()  # nonces of versions with `every:` (a run per slot)
+        self.after: dict[str, str] = {}  # nonce of a version with `after:` → the job it names
         self.status_broken = False
         self._ledger_patch = LedgerFull.installed()
         next(self._ledger_patch)
@@ -243,13 +244,18 @@ class DaemonModel(RuleBasedStateMachine):
     # --- rules ------------------------------------------------------------------
 
     @rule(name=st.sampled_from(NAMES), code=st.integers(0, 3),
-          every=st.sampled_from([None, None, "skip", "queue", "kill"]))
-    def drop_or_edit(self, name: str, code: int, every: str | None) -> None:
+          every=st.sampled_from([None, None, "skip", "queue", "kill"]),
+          after=st.sampled_from([None, None, *NAMES]))
+    def drop_or_edit(self, name: str, code: int, every: str | None = None,
+                     after: str | None = None) -> None:
         self.serial += 1
         text = f"commands: 'exit {code} # n{self.serial}'\n"
         if every is not None:  # a slot every 10 s: the steps' clock crosses them
             text += f"every: {EVERY}s\noverlap: {every}\n"
             self.scheduled.add(f"n{self.serial}")
+        elif after is not None and after != name:  # runs once that job succeeded here
+            text += f"after: {after}\n"
+            self.after[f"n{self.serial}"] = after
         digest = parse_job(text.encode(), name).digest
         self.truth[digest] = (f"n{self.serial}", code)
         self.present[name] = (text, digest)
@@ -340,6 +346,10 @@ class DaemonModel(RuleBasedStateMachine):
         per_slot = Counter((r["job"], r["digest"], r["slot"]) for r in runs)
         assert max(per_slot.values(), default=0) <= 1, per_slot
         assert all(r["slot"] is not None for r in runs if self._nonce(r) in self.scheduled)
+        for run in runs:  # a job with after: starts only once that job has succeeded here
+            if (dep := self.after.get(self._nonce(run))) is not None:
+                assert any(r["job"] == dep and r["outcome"] == "succeeded"
+                           and r["finished"] <= run["started"] for r in runs), (run, dep)
         per_run = Counter(p.run_id for p in procs)
         assert max(per_run.values(), default=0) <= 1, per_run
         assert set(per_run) <= {r["run_id"] for r in runs}, "spawned before it was recorded"
@@ -396,6 +406,9 @@ class DaemonModel(RuleBasedStateMachine):
             if nonce in self.scheduled:
                 self._check_slots(name, digest, runs)
                 continue
+            if nonce in self.after:
+                self._check_after(name, digest, runs)
+                continue
             last = finished.get((name, digest))
             assert last is not None, f"{name} {nonce}: never ran (lost without a trace)"
             doc = yaml.safe_load((self.status_dir / f"{name}.yaml").read_text())
@@ -405,6 +418,31 @@ class DaemonModel(RuleBasedStateMachine):
             else:
                 assert doc["state"] == "lost", doc
 
+
+    def _check_after(self, name: str, digest: str, runs: list[dict[str, Any]]) -> None:
+        """A version with `after:`, once everything settled: it ran if its dependency's
+        current version succeeded; else it waits (pending), is skipped or, in a circle,
+        invalid — each as its dependency's status says."""
+        doc = yaml.safe_load((self.status_dir / f"{name}.yaml").read_text())
+        assert doc["digest"] == digest[:12], doc
+        dep, path = self.after[self.truth[digest][0]], [name]
+        while dep not in path and dep in self.present and (
+                nxt := self.after.get(self.truth[self.present[dep][1]][0])) is not None:
+            path, dep = [*path, dep], nxt
+        if dep == name:  # a circle back to this job
+            assert doc["state"] == "invalid" and " → ".join([*path, name]) in doc["reason"], doc
+            return
+        dep = self.after[self.truth[digest][0]]
+        ran = any((r["job"], r["digest"]) == (name, digest) for r in runs)
+        if dep not in self.present or self.truth[self.present[dep][1]][0] in self.scheduled:
+            return  # absent (pending, or it ran before), or a schedule's: its state moves on
+        dep_doc = yaml.safe_load((self.status_dir / f"{dep}.yaml").read_text())
+        if dep_doc["state"] == "succeeded":
+            assert ran, f"{name} after {dep}: {dep} succeeded, {name} never ran: {doc}"
+        elif not ran:
+            expected = "skipped" if dep_doc["state"] in ("failed", "killed", "lost") \
+                else "pending"
+            assert doc["state"] == expected, (doc, dep_doc)
 
     def _check_slots(self, name: str, digest: str, runs: list[dict[str, Any]]) -> None:
         """A scheduled version's runs: its latest slot started (none lost, catch_up: latest),
@@ -457,3 +495,36 @@ def test_a_crash_at_every_step_around_a_slot_runs_it_once(where: str) -> None:
             model.procs.release()
             raise
         model.teardown()  # settles, then checks every run, slot and status
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["before spawn", "after spawn", "publish", "now", "restart"])
+def test_a_crash_at_every_step_of_a_dependency_chain(where: str) -> None:
+    """c after b after a, dropped last first, a succeeding or failing; the daemon dies (or
+    restarts cleanly) at each step in turn: each runs once, in order, or is skipped."""
+    for code in (0, 1):
+        for crash_at in range(6):
+            model = DaemonModel()
+            try:
+                model.drop_or_edit(name="c", code=0, after="b")
+                model.drop_or_edit(name="b", code=0, after="a")
+                model.step(0.0)
+                model.drop_or_edit(name="a", code=code)
+                for i in range(6):
+                    if i == crash_at:
+                        if where == "now":
+                            model.crash_now()
+                        elif where == "restart":
+                            model.clean_restart()
+                        else:
+                            model.crash_at_next(where)
+                    model.step(0.5)
+                    model.nothing_started_twice_and_no_conflicted_copy_runs()
+                    for proc in model.procs.running():
+                        proc.end(proc.code)
+                runs = model._runs()
+                assert len(runs) == len({r["job"] for r in runs}), runs  # each at most once
+            except BaseException:
+                model.procs.release()
+                raise
+            model.teardown()  # settles: b and c ran once a succeeded, or are skipped

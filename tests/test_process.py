@@ -279,7 +279,8 @@ def test_unknown_shell_is_a_readable_error(tmp_path: Path) -> None:
 
 # --- pure argv builders ---------------------------------------------------------------
 
-def test_script_posix() -> None:
+def test_script_posix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(process, "_NT", False)  # the default shell: /bin/sh
     assert script(("ls -l",), None) == ["/bin/sh", "-c", "ls -l"]
     assert script(("a", " ", "b # c"), "/usr/bin/bash") == [
         "/usr/bin/bash", "-c", "{ a\n} || exit $?\n{ b # c\n} || exit $?\n"]
@@ -308,6 +309,7 @@ def test_windows_command_line_and_taskkill() -> None:
 def test_popen_command_and_process_group_per_platform(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     exit_path = tmp_path / "r.exit"
+    monkeypatch.setattr(process, "_NT", False)
     command, group = process._command(["/bin/bash", "-c", "x"], exit_path, "run-1")
     assert command[:2] == ["/bin/sh", "-c"] and command[3:] == [
         "filerexec-run", str(exit_path), "/bin/bash", "-c", "x"]
@@ -325,12 +327,14 @@ def test_popen_command_and_process_group_per_platform(
 
 
 def test_the_windows_waiting_parent_records_the_exit_code(tmp_path: Path) -> None:
-    """winjob.py as the waiting parent (here without a Job Object: Linux has none)."""
+    """winjob.py as the waiting parent (on POSIX without a Job Object: there is none)."""
     exit_path, program = tmp_path / "r.exit", tmp_path / "seven"
     program.write_text("#!/bin/sh\nexit 7\n")
     program.chmod(0o700)
-    done = subprocess.run([sys.executable, "-I", "-S", winjob.__file__, str(exit_path), "job",
-                           str(program)], stdin=subprocess.DEVNULL, timeout=30, check=False)
+    line = "cmd.exe /d /c exit 7" if os.name == "nt" else str(program)
+    done = subprocess.run([sys.executable, "-I", "-S", winjob.__file__, str(exit_path),
+                           winjob.job_name(uuid.uuid4().hex), line], stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, timeout=60, check=False)
     assert done.returncode == 7
     assert exit_path.read_bytes() == b"7\n"
     done = subprocess.run([sys.executable, "-I", "-S", winjob.__file__, str(exit_path), "job",
@@ -347,7 +351,7 @@ def test_windows_terminate_and_kill_end_the_tree_with_taskkill_by_absolute_path(
     monkeypatch.setenv("SYSTEMROOT", r"D:\Win")
     monkeypatch.setattr("filerexec.winproc.subprocess.run", lambda argv, **kw: calls.append(
         argv) or subprocess.CompletedProcess(argv, 0, b"", b""))
-    monkeypatch.setattr("filerexec.process.os.killpg", lambda *a: pytest.fail("killpg on Windows"))
+    monkeypatch.setattr(os, "killpg", lambda *a: pytest.fail("killpg on Windows"), raising=False)
     monkeypatch.setattr(process, "alive", lambda handle: handle.pid == 42)
     process.terminate(Handle(42, 1.0), "run")
     process.kill(Handle(42, 1.0), "run")
@@ -356,16 +360,21 @@ def test_windows_terminate_and_kill_end_the_tree_with_taskkill_by_absolute_path(
 
 
 def test_windows_tree_kill_without_taskkill_ends_every_descendant(tmp_path: Path) -> None:
-    """Where taskkill fails (Wine 8 has no /T) the tree is walked by parent pid and ended."""
-    pids = tmp_path / "pids"
-    with subprocess.Popen(["/bin/sh", "-c", f"sleep 300 & echo $! >> {pids}; "
-                           f"(sleep 300 & echo $! >> {pids}; wait) & wait"]) as shell:
-        wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2, what="2 sleeps")
-        sleeps = [psutil.Process(int(p)) for p in pids.read_text().split()]
-        assert winproc.kill_tree(shell.pid, "run", str(tmp_path / "no-windows")) is None
-        shell.wait(10)  # ended (by the kill, or as its children died first)
+    """Where there is no Job Object and taskkill fails (Wine 8 has no /T) the tree is walked
+    by parent pid and ended (on Windows: cmd, the cmd it started, that one's ping)."""
+    if os.name == "nt":
+        argv, below = ["cmd.exe", "/d", "/c", "cmd /d /c ping -n 300 127.0.0.1"], 2
+    else:
+        argv, below = ["/bin/sh", "-c", "sleep 300 & (sleep 300 & wait) & wait"], 3
+    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL) as shell:
+        pids = wait_for(lambda: len(d := winproc.descendants(shell.pid, winproc._parents()))
+                        == below and d, timeout=30, what="the tree to be started")
+        tree = [psutil.Process(p) for p in pids]
+        assert winproc.kill_tree(shell.pid, "no-job-" + uuid.uuid4().hex,
+                                 str(tmp_path / "no-windows")) is None
+        shell.wait(30)  # ended (by the kill, or as its children died first)
         wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-                                 for p in sleeps), what="every sleep to be gone")
+                                 for p in tree), timeout=30, what="the whole tree to be gone")
 
 
 def test_windows_tree_order_parents_before_children() -> None:

@@ -244,14 +244,24 @@ def test_allow_list_applies_to_signed_jobs_too(ledger: Ledger) -> None:
 # ---- key files --------------------------------------------------------------------------
 
 
-def test_keygen_files_are_private_named_and_revocable(tmp_path: Path) -> None:
+@pytest.mark.skipif(os.name == "nt", reason="POSIX file modes: Windows has none (os.chmod "
+                    "sets only read-only); there the key folder is private by the profile "
+                    "folder's access list (%LOCALAPPDATA%)")
+def test_keygen_files_are_private(tmp_path: Path) -> None:
+    key_dir = tmp_path / "keys"
+    laptop = keystore.create_key(key_dir, "laptop")
+    phone, _ = keystore.create_totp(key_dir, "phone")
+    for path in (laptop, phone):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key_dir.stat().st_mode) == 0o700
+
+
+def test_keygen_files_are_named_and_revocable(tmp_path: Path) -> None:
     key_dir = tmp_path / "keys"
     laptop = keystore.create_key(key_dir, "laptop")
     keystore.create_key(key_dir, "ci")
     phone, secret = keystore.create_totp(key_dir, "phone")
-    for path in (laptop, phone):
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert stat.S_IMODE(key_dir.stat().st_mode) == 0o700
+    assert laptop.name == "laptop.key" and phone.name == "phone.totp"
     ring = keystore.load(key_dir)
     assert sorted(ring.hmac) == ["ci", "laptop"] and ring.totp == {"phone": secret}
     with pytest.raises(keystore.KeyProblem, match="exists"):

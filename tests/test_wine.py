@@ -18,7 +18,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900),
 
 # Modules whose every test applies to Windows, or skips with a reason there.
 PORTABLE = ("tests/test_spool.py", "tests/test_names.py", "tests/test_spec.py",
-            "tests/test_machine.py")
+            "tests/test_machine.py", "tests/test_config.py", "tests/test_service.py",
+            "tests/test_signing.py", "tests/test_process.py")
 # A real `filerexec serve` with cmd.exe jobs, run on its own (its daemons and jobs are Windows
 # processes too; the prefix is emptied with wineserver -k after it).
 END_TO_END = "tests/test_windows.py"
