@@ -458,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: inotifywait not found (Debian: apt install inotify-tools)", file=sys.stderr)
         return 2
 
+    load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="filerexec-bench-"))
     base = Baseline("baseline", tmp / "base")
     c_loop = CLoop("c-loop", tmp / "c")
@@ -590,6 +591,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kept {tmp}", file=sys.stderr)
 
     print(f"machine: {machine()}")
+    load_after = os.getloadavg()  # the machine may be shared: how busy it was
+    print("load average (1, 5, 15 min): at the start "
+          f"{' '.join(f'{x:.2f}' for x in load_before)}, at the end "
+          f"{' '.join(f'{x:.2f}' for x in load_after)}")
     print(f"command: .venv/bin/python scripts/bench.py{' --quick' if args.quick else ''}")
     print()
     header = ("measure", "floor", "filerexec", "ratio", "target")
