@@ -42,7 +42,7 @@ from filerexec.slurmspec import (
 
 logger = logging.getLogger(__name__)
 
-UNREACHABLE = "waiting for the Slurm controller ({})"
+UNREACHABLE = "waiting for Slurm ({})"  # its controller down, or its commands not found
 SUBMITTING = "being submitted to Slurm"
 
 

@@ -32,6 +32,8 @@ def _run(argv: Sequence[str], stdin: str | None = None, timeout: float = TIMEOUT
                               timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         raise Unreachable(f"{argv[0]} did not answer within {timeout:g}s") from None
+    except FileNotFoundError:
+        raise Unreachable(f"{argv[0]} is not on the daemon's PATH") from None
     except OSError as e:
         raise Unreachable(f"{argv[0]} cannot be run: {e.strerror}") from None
     if done.returncode != 0:

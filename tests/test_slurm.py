@@ -148,6 +148,23 @@ def test_a_job_cancelled_in_slurm_by_someone_else_is_killed_with_that_reason(
 
 
 @pytest.mark.slow
+def test_without_slurms_commands_on_its_path_a_job_waits_and_says_why(
+        host: Host, tmp_path: Path, _isolated_config: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service started without the shell's `module load slurm`: nothing found to run."""
+    empty = tmp_path / "no-slurm-here"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    _isolated_config.write_text("executor: slurm\nslurm: {poll: 0.3}\n")
+    host.start()
+    host.drop("first.yaml", "commands: 'true'\n")
+    doc = wait_for(lambda: (d := host.status("first")) and "PATH" in d["reason"] and d,
+                   what="the reason to say what is missing")
+    assert doc["state"] == "pending"
+    assert doc["reason"] == "waiting for Slurm (scontrol is not on the daemon's PATH)"
+
+
+@pytest.mark.slow
 def test_a_job_may_ask_only_for_what_the_host_allows(slurm_host: Host) -> None:
     slurm_host.start()
     slurm_host.drop("greedy.yaml", "commands: 'true'\nslurm: {partition: gpu, cpus: 1}\n")

@@ -124,7 +124,7 @@ def test_with_the_controller_down_jobs_wait_and_the_loop_goes_on(
         slurm_host.wait_state("greedy", "rejected", timeout=5)
         assert time.monotonic() - asked < 5  # not after the ~9 s Slurm's commands take
         doc = wait_for(lambda: (d := slurm_host.status("wait")) and
-                       d["reason"].startswith("waiting for the Slurm controller (") and d,
+                       d["reason"].startswith("waiting for Slurm (") and d,
                        timeout=40, what="the reason to name the controller")
         assert doc["state"] == "pending" and "Unable to contact slurm controller" in \
             doc["reason"] and "slurm_job" not in doc
