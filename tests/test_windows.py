@@ -8,6 +8,7 @@ generous timeout, never a guessed sleep.
 
 from __future__ import annotations
 
+import getpass
 import os
 import subprocess
 import sys
@@ -192,3 +193,34 @@ def test_the_job_object_holds_the_run_and_is_found_and_ended_by_name(tmp_path: P
         parent.kill()
     assert winjob.terminate(winjob.job_name("never-started")) is False
     assert winjob.members(winjob.job_name("never-started")) == []
+
+
+def test_service_install_registers_the_task_with_schtasks(win: Host, tmp_path: Path) -> None:
+    """Task Scheduler takes the XML (``schtasks /Create /XML``). Wine keeps the description and
+    the settings it parsed from it, but drops triggers, principal and command, and its
+    ``schtasks /Run`` does nothing: that the task starts at logon was never seen here."""
+    task = Path(os.environ["SYSTEMROOT"]) / "System32" / "Tasks" / "fx-test"
+    who = ["--user", getpass.getuser(), "--name", "fx-test"]  # Wine's user is root: by name
+    said = tmp_path / "said.txt"
+
+    def service(action: str) -> tuple[int, str]:
+        # Output to a file, not a pipe: the scheduler service schtasks starts on demand
+        # inherits the handles and would hold a pipe open for as long as it runs.
+        with open(said, "wb") as out:
+            code = subprocess.run([sys.executable, "-m", "filerexec", "service", action,
+                                   str(win.spool), *who], stdin=subprocess.DEVNULL, stdout=out,
+                                  stderr=subprocess.STDOUT, timeout=WAIT).returncode
+        return code, said.read_text(errors="replace")
+
+    code, text = service("install")
+    assert code == 0, text
+    assert "schtasks.exe /Create /TN fx-test /XML" in text
+    try:
+        registered = task.read_text(encoding="utf-8-sig")
+        assert f"run jobs dropped into {win.spool.resolve()}</Description>" in registered
+        assert "<ExecutionTimeLimit>PT0S</ExecutionTimeLimit>" in registered  # no 72 h limit
+        assert "<MultipleInstancesPolicy>IgnoreNew</MultipleInstancesPolicy>" in registered
+    finally:
+        code, text = service("uninstall")
+    assert code == 0, text
+    assert not task.exists()
