@@ -96,10 +96,17 @@ def _reader(stream: IO[bytes], into: bytearray) -> threading.Thread:
     return thread
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_logs_follow_prints_new_output_across_rewrites_and_runs(spool: Path) -> None:
     publish(spool, "pc", "job", "running", b"one\n")
     argv = [sys.executable, "-m", "filerexec", "logs", str(spool), "job", "-f"]
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+    # Ctrl-C is the way out of -f, as in a terminal. A shell starts background jobs with SIGINT
+    # ignored (CI under `nohup … &`), and Python keeps it ignored: give the child the default.
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          preexec_fn=_default_sigint) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         out = bytearray()
         thread = _reader(proc.stdout, out)
@@ -120,8 +127,11 @@ def test_logs_follow_prints_new_output_across_rewrites_and_runs(spool: Path) -> 
                      what="the new run's log")
         finally:
             proc.send_signal(signal.SIGINT)
-            code = proc.wait(timeout=10)
-            thread.join(timeout=5)
+            try:
+                code = proc.wait(timeout=10)
+            finally:
+                proc.kill()  # else closing its stdout waits for ever on the reader's lock
+                thread.join(timeout=5)
         err = proc.stderr.read()
     assert code == 0, err
     assert out == b"one\ntwo\n3\n[filerexec: a new run]\nsecond run\n"  # nothing twice

