@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import json
 import logging
-import secrets
 import signal
 import sys
 import threading
@@ -22,12 +21,11 @@ from filerexec import (
     __version__,
     completion,
     config,
-    keystore,
+    keycmds,
     migrate,
     notify,
     process,
     service,
-    signing,
     view,
 )
 from filerexec.completion import with_completion
@@ -36,7 +34,7 @@ from filerexec.machine import State
 from filerexec.names import job_name
 from filerexec.safefile import atomic_write
 from filerexec.shellwords import CannotQuote, command_line, shell_kind
-from filerexec.spec import JobSpec, SpecError, as_utf8, parse_job
+from filerexec.spec import JobSpec, SpecError, parse_job
 from filerexec.spool import init as init_spool
 
 OK, FAILURE, USAGE, ALREADY_RUNNING = 0, 1, 2, 3
@@ -505,73 +503,11 @@ def cmd_completion(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    key_dir = keystore.default_key_dir()
-    name = args.name or default_host()
-    try:
-        if not args.totp:
-            path = keystore.create_key(key_dir, name)
-            print(f"created {path} (readable by you only)")
-            print("Copy it to the keys/ folder of every host that should trust it, over a "
-                  "channel you trust (not the synced folder). Revoke it by removing the file.")
-            return OK
-        path, secret = keystore.create_totp(key_dir, name)
-    except keystore.KeyProblem as e:
-        print(f"filerexec: {e}", file=sys.stderr)
-        return FAILURE
-    uri = signing.otpauth_uri(secret, f"{name}@{default_host()}")
-    print(f"created {path} (readable by you only); scan this with your authenticator app:")
-    try:
-        import segno  # only here: the daemon never needs it
-    except ImportError:  # pragma: no cover - segno is a dependency
-        print("(no QR code: the segno library is missing; type the secret from the URI)")
-    else:
-        segno.make(uri, error="m").terminal(compact=True)
-    print(uri)
-    print("Then put `otp: CODE` into a job file. This secret lives on this host only; "
-          "revoke it by removing the file.")
-    return OK
+    return OK if keycmds.keygen(args.name or default_host(), args.totp) else FAILURE
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
-    try:
-        key_id, secret = keystore.signing_key(keystore.default_key_dir(), args.key)
-    except keystore.KeyProblem as e:
-        print(f"filerexec: {e}", file=sys.stderr)
-        return FAILURE
-    status = OK
-    for path in args.files:
-        name = args.name or _job_name_of(path)
-        if name is None:
-            print(f"{path}: not a job file name (NAME.yaml); give the job's name with --name")
-            status = FAILURE
-            continue
-        try:
-            data = as_utf8(raw := path.read_bytes())
-            parse_job(signing.split_signature(data)[0], name)
-        except OSError as e:
-            print(f"{path}: cannot read: {e.strerror}")
-            status = FAILURE
-            continue
-        except SpecError as e:
-            print(f"{path}: not signed, fix it first: {e}")
-            status = FAILURE
-            continue
-        # A fresh nonce each time: signing an unchanged file again makes a new run request.
-        nonce = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
-        signed = signing.sign(data, name, key_id, secret, nonce)
-        atomic_write(path, signed)
-        print(f"{path}: signed as job {name!r} with key {key_id!r}"
-              + (", and saved as UTF-8" if data != raw else ""))
-    return status
-
-
-def _job_name_of(path: Path) -> str | None:
-    """The job a file is (or will be): its path below the nearest jobs/, else its own name."""
-    parts = path.resolve().parts
-    if "jobs" in parts:
-        below = parts[len(parts) - parts[::-1].index("jobs"):]
-        return job_name("/".join(below))
-    return job_name(path.name)
+    return OK if keycmds.sign(args.files, args.key, args.name) else FAILURE
 
 
 if __name__ == "__main__":

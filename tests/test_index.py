@@ -4,6 +4,7 @@ jobs as index.html, and read back by the tests' one parser (tests/util.py)."""
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path
 
 from filerexec.machine import Job, Readiness, Run, State, Version
@@ -103,3 +104,31 @@ def test_the_readme_example_is_in_the_format_and_width() -> None:
         "nightly/db": {"state": "scheduled", "since": "2026-11-28 06:00:02+01:00",
                        "reason": "waiting for its first slot", "sync → start": "2s",
                        "next": "2026-11-29 03:00:00+01:00"}}
+
+
+def test_the_readme_example_is_what_textindex_writes() -> None:
+    """The same two jobs rendered: every line as README shows it but the clock's time zone."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    example = "# filerexec on office-pc\n" + readme.split(
+        "```\n# filerexec on office-pc\n", 1)[1].split("```", 1)[0]
+    at = {t: datetime.fromisoformat(t).timestamp() for t in (
+        "2026-11-28 06:00:00+01:00", "2026-11-28 06:00:02+01:00", "2026-11-28 06:02:58+01:00",
+        "2026-11-28 06:03:02+01:00", "2026-11-28 06:03:40+01:00", "2026-11-28 06:05:00+01:00",
+        "2026-11-29 03:00:00+01:00")}
+    backup = parse_job("commands: ~/bin/backup\n", "backup")
+    nightly = parse_job("commands: ~/bin/db\ncron: '0 3 * * *'\n", "nightly/db")
+    jobs = [
+        Job("backup", State.FAILED, "exit code 3",
+            version=Version(Readiness.VALID, backup, mtime=at["2026-11-28 06:02:58+01:00"],
+                            seen=at["2026-11-28 06:03:02+01:00"]),
+            run=Run("r-b", backup.digest, started=at["2026-11-28 06:03:02+01:00"],
+                    finished=at["2026-11-28 06:03:40+01:00"], exit_code=3,
+                    outcome=State.FAILED), runs=1),
+        Job("nightly/db", State.SCHEDULED, "waiting for its first slot",
+            version=Version(Readiness.VALID, nightly, mtime=at["2026-11-28 06:00:00+01:00"],
+                            seen=at["2026-11-28 06:00:02+01:00"]),
+            next_run=at["2026-11-29 03:00:00+01:00"])]
+    text = render_index(jobs, "office-pc", at["2026-11-28 06:05:00+01:00"])
+    when = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d\d:\d\d")
+    assert when.sub("TIME", text) == when.sub("TIME", example)
+    assert [_when(at[t]) for t in when.findall(example)] == when.findall(text)

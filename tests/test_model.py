@@ -469,6 +469,24 @@ TestDaemonModel.pytestmark = [  # type: ignore[attr-defined]
     pytest.mark.slow, pytest.mark.timeout(max(240, EXAMPLES * 4))]
 
 
+
+def _die(model: DaemonModel, where: str) -> None:
+    """Kill the daemon now, restart it cleanly, or arm a crash at the next ``where``."""
+    if where == "now":
+        model.crash_now()
+    elif where == "restart":
+        model.clean_restart()
+    else:
+        model.crash_at_next(where)
+
+
+def _step_and_end_all(model: DaemonModel, seconds: float) -> None:
+    """One step; nothing started twice; then every running process ends with its code."""
+    model.step(seconds)
+    model.nothing_started_twice_and_no_conflicted_copy_runs()
+    for proc in model.procs.running():
+        proc.end(proc.code)
+
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["before spawn", "after spawn", "publish", "now", "restart"])
 def test_a_crash_at_every_step_around_a_slot_runs_it_once(where: str) -> None:
@@ -481,16 +499,8 @@ def test_a_crash_at_every_step_around_a_slot_runs_it_once(where: str) -> None:
             model.step(0.0)
             for i in range(8):  # from 3 s before the slot to 3.5 s after it
                 if i == crash_at:
-                    if where == "now":
-                        model.crash_now()
-                    elif where == "restart":
-                        model.clean_restart()
-                    else:
-                        model.crash_at_next(where)
-                model.step(6.0 if i == 0 else 0.5 if i < 7 else 1.0)
-                model.nothing_started_twice_and_no_conflicted_copy_runs()
-                for proc in model.procs.running():
-                    proc.end(proc.code)
+                    _die(model, where)
+                _step_and_end_all(model, 6.0 if i == 0 else 0.5 if i < 7 else 1.0)
         except BaseException:
             model.procs.release()
             raise
@@ -512,16 +522,8 @@ def test_a_crash_at_every_step_of_a_dependency_chain(where: str) -> None:
                 model.drop_or_edit(name="a", code=code)
                 for i in range(6):
                     if i == crash_at:
-                        if where == "now":
-                            model.crash_now()
-                        elif where == "restart":
-                            model.clean_restart()
-                        else:
-                            model.crash_at_next(where)
-                    model.step(0.5)
-                    model.nothing_started_twice_and_no_conflicted_copy_runs()
-                    for proc in model.procs.running():
-                        proc.end(proc.code)
+                        _die(model, where)
+                    _step_and_end_all(model, 0.5)
                 runs = model._runs()
                 assert len(runs) == len({r["job"] for r in runs}), runs  # each at most once
             except BaseException:

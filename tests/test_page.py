@@ -127,6 +127,7 @@ CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-
 SPOOL_JOBS = {
     "hello": "commands: echo hello from the host\n",
     "fails": "commands: echo about to fail >&2; exit 3\n",
+    "report": "after: fails\ncommands: echo never\n",  # skipped: its dependency failed
     "script": "commands: echo '<script>document.body.remove()</script>'\n",
     "wide": "commands: printf '%0400d\\n' 0\n",  # one 400-character word
     "a-job-name-that-is-much-longer-than-a-phone-screen-is-wide-without-any-space": (
@@ -163,6 +164,7 @@ def test_the_page_fits_a_phone_in_chromium(host: Host, tmp_path: Path) -> None:
         host.drop(f"{name}.yaml", text)
     host.wait_state("hello", "succeeded")
     host.wait_state("sleeper", "running")
+    host.wait_state("report", "skipped")
     page = host.status_dir / "index.html"
     wait_for(lambda: page.exists() and all(f">{n}<" in page.read_text() for n in SPOOL_JOBS),
              what="index.html to list every job")
@@ -183,12 +185,15 @@ def test_the_page_fits_a_phone_in_chromium(host: Host, tmp_path: Path) -> None:
     finally:
         driver.quit()
     print(f"screenshot: {shot}")
+    if copy := os.environ.get("FILEREXEC_SCREENSHOT"):  # e.g. docs/index-html.png (README)
+        shutil.copyfile(shot, copy)
     assert 0 < viewport <= 390
     assert max(widths) <= viewport and wider == []
     for name in SPOOL_JOBS:
         assert name in text, name
     assert "<script>document.body.remove()</script>" in text  # shown as text, not run
     assert "exit code 3" in text and "running" in text and "heartbeat" in text
+    assert "skipped" in text
     assert shot.stat().st_size > 10_000
 
 
