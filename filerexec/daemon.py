@@ -39,7 +39,6 @@ from filerexec.machine import (
     Signalled,
     Start,
     Sweep,
-    Tick,
     Timing,
     Vanished,
     next_due,
@@ -48,7 +47,7 @@ from filerexec.machine import (
 from filerexec.publisher import Publisher
 from filerexec.reconcile import Reconciler
 from filerexec.render import HostFacts
-from filerexec.runner import Runner, new_run_id, runner_for
+from filerexec.runner import Runner, runner_for
 from filerexec.syncthing import Scanner
 from filerexec.watch import Hints, Watcher
 from filerexec.writer import StatusWriter
@@ -129,6 +128,7 @@ class Daemon:
         written = self.writer.close(timeout=10)
         self.delivery.close()
         self.scanner.close()
+        self.runner.close()
         if self.ledger is not None:
             # Clean only if every status file says what the ledger says, and the ledger
             # holds everything this daemon knew; else the next start re-reads everything.
@@ -165,7 +165,7 @@ class Daemon:
         self.lifecycle.check(self.ledger, now)  # safe mode, a drain
         self._collect_exits(now)
         self._read_jobs(now)
-        self._tick(now)
+        self._actions.extend(self.table.tick(now))  # only jobs whose timer has come
         self._launch_due(now)
         self._publish(now)
         return self._next_deadline(now) - now
@@ -194,13 +194,6 @@ class Daemon:
             self._observe(seen.events)
             self._next_scan = now + self.settings.scan_interval
 
-    def _tick(self, now: float) -> None:
-        """Only jobs whose timer has come (the machine says when: ``next_due``)."""
-        for job in self.table.active_jobs():
-            due = next_due(job, self.table.timing, now)
-            if due is not None and due <= now:
-                self._actions.extend(self.table.apply(job.name, Tick(now)))
-
     def _launch_due(self, now: float) -> None:
         self.table.check_after(now)  # what each job's after: jobs allow, right before launching
         active = self.table.active_jobs()
@@ -212,7 +205,7 @@ class Daemon:
                 j.version.seen if j.version and j.version.seen else 0, j.name))
             self._observe(self.reconciler.recheck([j.name for j in due], now))  # signatures
             for job in due:
-                self._actions.extend(self.table.launch(job.name, new_run_id(now), now))
+                self._actions.extend(self.table.launch(job.name, self.runner.new_run_id(now), now))
         self._commit_and_act(now)
 
     def _publish(self, now: float) -> None:

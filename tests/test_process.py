@@ -36,9 +36,32 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/p
 pytestmark = pytest.mark.timeout(30)
 
 
+AHEAD = [False]  # whether launch() starts the run's waiting parent ahead (fixture `ahead`)
+_parents: list[process.Parent] = []
+
+
+@pytest.fixture(autouse=True, params=["usual", "ahead"])
+def ahead(request: pytest.FixtureRequest) -> Iterator[bool]:
+    """Every test twice: spawned the usual way, and handed to a waiting parent started ahead
+    (process.prepare), which must behave the same in every way tested here."""
+    _parents.clear()
+    AHEAD[0] = request.param == "ahead"
+    yield AHEAD[0]
+    AHEAD[0] = False
+    for parent in _parents:
+        assert parent.retire(wait=10)
+    _parents.clear()
+
+
 def launch(tmp_path: Path, *commands: str, **kw: Any) -> Launch:
-    return Launch(run_id=f"test-{uuid.uuid4().hex[:12]}", commands=commands,
-                  output_path=tmp_path / "out.log", exit_path=tmp_path / "exit", **kw)
+    run_id = f"test-{uuid.uuid4().hex[:12]}"
+    parent = None
+    if AHEAD[0]:
+        parent = process.prepare(run_id, tmp_path / f"{run_id}.sh")
+        if parent is not None:
+            _parents.append(parent)
+    return Launch(run_id=run_id, commands=commands, output_path=tmp_path / "out.log",
+                  exit_path=tmp_path / "exit", parent=parent, **kw)
 
 
 @pytest.fixture
@@ -389,14 +412,17 @@ def test_a_job_in_the_wrappers_own_shell_runs_in_a_fork_of_it_as_sh_c_would_run_
     """One exec per job, not two: /bin/sh jobs run in a subshell of the waiting parent (its
     argv is the wrapper's), and see what `sh -c` shows them: $0, no arguments, none of the
     wrapper's variables, no trap; every other shell is exec'd by the waiting parent."""
-    probe = 'echo "$0|$#|${f-unset}|${s-unset}|${c-unset}|$(trap)"'
+    probe = ('echo "$0|$#|${f-unset}|${s-unset}|${c-unset}|${_fx_f-unset}|${_fx_s-unset}|'
+             '${_fx_c-unset}|${_fx_go-unset}|$(trap)"')
     own = "read me _ </proc/self/stat; tr '\\0\\n' '  ' </proc/$me/cmdline; echo"
-    code, out = run(launch(tmp_path, f"{own}; {probe}; exit 7"))
+    code, out = run(launch(tmp_path, f"{own}; {probe}; exit 7", env={"f": "1", "c": "2"}))
     cmdline, shown = out.splitlines()
     assert code == 7 and read_exit(tmp_path / "exit") == 7
-    assert cmdline.startswith("/bin/sh -c f=$1; shift")  # the waiting parent, forked
-    plain = subprocess.run(["/bin/sh", "-c", probe], capture_output=True, text=True)
-    assert shown == plain.stdout.strip() == "/bin/sh|0|unset|unset|unset|"
+    wrapper = process._WAITING if AHEAD[0] else process._WRAPPER
+    assert cmdline.startswith(f"/bin/sh -c {wrapper.split(chr(10))[0]}")  # the parent, forked
+    plain = subprocess.run(["/bin/sh", "-c", probe], capture_output=True, text=True,
+                           env={**os.environ, "f": "1", "c": "2"})
+    assert shown == plain.stdout.strip() == "/bin/sh|0|1|unset|2|unset|unset|unset|unset|"
     bash = shutil.which("bash")
     if bash is not None:  # another shell: the waiting parent execs it, as before
         (tmp_path / "out.log").unlink()
