@@ -56,6 +56,8 @@ __all__ = ["AlreadyRunning", "Daemon"]
 
 logger = logging.getLogger(__name__)
 
+LISTING_AFTER_ARRIVAL = 0.5  # seconds from files read on arrival to the listing that confirms
+
 
 class Daemon:
     """One host serving one spool."""
@@ -178,11 +180,15 @@ class Daemon:
         self._commit(now)
 
     def _read_jobs(self, now: float) -> None:
-        """Files that arrived complete first, then the listing (the truth) when due."""
+        """Files that arrived complete first, then the listing (the truth) when due: at once
+        for what they did not settle, else soon (a burst of drops is listed once, not per step)."""
         hints = self.hints.drain()
-        if hints and (arrived := self.reconciler.fast(now, hints)):
-            self._observe(arrived)
-            self._launch_due(now)  # the files that arrived start before jobs/ is listed
+        if hints:
+            arrived, hints = self.reconciler.fast(now, hints)
+            if arrived:
+                self._observe(arrived)
+                self._launch_due(now)  # the files that arrived start before jobs/ is listed
+                self._next_scan = min(self._next_scan, now + LISTING_AFTER_ARRIVAL)
         # A file written in place is read once it has stood still, not at the next rescan.
         settled = self.reconciler.settle_due(now)
         lost = self.hints.take_lost()  # e.g. an overflow: list jobs/, whatever its folders say

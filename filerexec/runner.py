@@ -138,6 +138,7 @@ class LocalRunner(RunFiles):
         self._next_adopted_poll = 0.0
         self._parent: process.Parent | None = None  # the next run's, started ahead
         self._parent_since = 0.0
+        self._next_prepare = 0.0
         self._parent_given = False  # its run id was handed out since the last launch
         self._retired: list[process.Parent] = []  # unused parents, until they have ended
 
@@ -152,7 +153,6 @@ class LocalRunner(RunFiles):
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         # A daemon started from inside a job must not carry that job's mark.
         os.environ.pop(process.RUN_ID_VAR, None)
-        self._make_spare()
 
     def close(self) -> None:
         if self._parent is not None:
@@ -174,27 +174,24 @@ class LocalRunner(RunFiles):
 
     def launch(self, starts: Sequence[Start], now: float) -> list[Observed]:
         seen = [self._start(start, now) for start in starts]
-        if starts:
-            self._make_spare()
         self._parent_given = False  # an id handed out and not launched was never committed
-        if self._parent is None:
-            self._prepare(now)
         return seen
 
-    def _prepare(self, now: float) -> None:
-        """Start the next run's waiting parent now, after the spawns (process.prepare)."""
-        run_id = new_run_id(now)
-        self._parent = self.procs.prepare(run_id, self.script_path(run_id))
-        self._parent_since = now
-
-    def _renew_parent(self, now: float) -> None:
-        """Have a waiting parent ready, none older than ``PARENT_AGE``; reap retired ones."""
-        self._retired = [p for p in self._retired if not p.retire()]
+    def _get_ready(self, now: float) -> None:
+        """The next run's output file and waiting parent, made in the step after a launch
+        (its poll), not beside the job's own start; no parent older than ``PARENT_AGE``."""
+        if not (self.runs_dir / SPARE).exists():
+            self._make_spare()
         if self._parent is not None and now >= self._parent_since + PARENT_AGE:
             self._retired.append(self._parent)
             self._parent = None
-        if self._parent is None and now >= self._parent_since + PARENT_AGE / 10:
-            self._prepare(now)  # not in every step where none can be started (Windows)
+        self._retired = [p for p in self._retired if not p.retire()]
+        if self._parent is None and now >= self._next_prepare:
+            run_id = new_run_id(now)
+            self._parent = self.procs.prepare(run_id, self.script_path(run_id))
+            self._parent_since = now
+            if self._parent is None:  # none can be (Windows, a test's processes): not each step
+                self._next_prepare = now + PARENT_AGE
 
     def _make_spare(self) -> None:
         """Create the next run's output file now, after the spawns: creating a file took
@@ -256,7 +253,7 @@ class LocalRunner(RunFiles):
     # --- exits and adoption ---------------------------------------------------------
 
     def poll(self, running: Iterable[tuple[str, Run]], now: float) -> list[Observed]:
-        self._renew_parent(now)
+        self._get_ready(now)
         runs = list(running)
         by_run = {run.run_id: name for name, run in runs}
         seen: list[Observed] = []

@@ -22,7 +22,7 @@ class DieBeforeSpawn:
     """The real process API, except that ``spawn`` ends this whole process first."""
 
     def prepare(self, run_id: str, script: Path) -> process.Parent | None:
-        return None  # every spawn comes here, to die before it
+        return process.prepare(run_id, script)  # a real one, waiting when the daemon dies
 
     def spawn(self, launch: process.Launch) -> process.Started:
         print(f"dying before the spawn of run {launch.run_id}", file=sys.stderr, flush=True)
