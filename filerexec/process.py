@@ -66,14 +66,25 @@ _OUT_FLAGS: int = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEX
 # `sh -c SCRIPT` would run it: $0 is the shell, no positional parameters, none of the
 # wrapper's variables, TERM at its default. The wrapper's variables are named so that no
 # job's own (env: f, s, c) is taken for them.
-_WRAPPER = """_fx_f=$1; shift
+_WRAPPER = """_fx_f=$1 _fx_o=$2; shift 2
 trap : TERM
+case $1 in
+oe) command exec >>"$_fx_o" 2>&1;;
+o) command exec >>"$_fx_o" 2>/dev/null;;
+e) command exec >/dev/null 2>>"$_fx_o";;
+*) command exec >/dev/null 2>&1;;
+esac && shift && unset _fx_o &&
 if [ "$1" = -c ]; then (trap - TERM; unset _fx_f; _fx_s=$2; set --; eval "unset _fx_s; $_fx_s")
 else "$@"; fi
 _fx_c=$?
 printf '%d\\n' "$_fx_c" >"$_fx_f"
 exit "$_fx_c"
 """
+# ($2 is the output file, $3 which of stdout and stderr go there.) The waiting parent opens
+# the job's output itself: creating a file took ~1.5 ms of the daemon's loop per job in a
+# burst (measured), and the parent does it beside the loop. `command` keeps a redirection
+# that fails from ending the shell: the run fails with its status, and the shell's message
+# goes to the daemon's log.
 # The waiting parent started ahead (``prepare``): $1 is its run's script file. A newline on
 # stdin says the script is written; end of file (the daemon gone, the parent retired) that
 # nothing is to run. The script sets _fx_f, enters the job's folder, opens its output and
@@ -194,7 +205,7 @@ def prepare(run_id: str, script: Path) -> Parent | None:
     try:
         popen = subprocess.Popen(
             [_WRAPPER_SHELL, "-c", _WAITING, _WRAPPER_SHELL, str(script)],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,  # stderr: ours, as _WRAPPER's
             env={**os.environ, RUN_ID_VAR: run_id}, start_new_session=True)
     except OSError as e:
         os.close(fd)
@@ -219,7 +230,7 @@ def _run_script(launch: Launch, argv: list[str], cwd: str) -> str | None:
     run = (f"eval {q(argv[2])}" if len(argv) == 3 and argv[1] == "-c" and _same_shell(argv[0])
            else "exec " + " ".join(q(a) for a in argv))
     return (f"set --; unset _fx_go; _fx_f={q(str(launch.exit_path))}\n"
-            f"cd -P -- {q(os.path.abspath(cwd))} && exec {redirect} && "
+            f"cd -P -- {q(os.path.abspath(cwd))} && command exec {redirect} && "
             f"(trap - TERM; unset _fx_f _fx_c{'; export ' + exports if exports else ''}; {run})\n")
 
 
@@ -284,12 +295,10 @@ def spawn(launch: Launch) -> Child:
         raise SpawnError(f"state directory {launch.exit_path.parent} does not exist")
     try:
         launch.exit_path.unlink(missing_ok=True)  # an old record must not pass for this run's
-        fd = os.open(launch.output_path, _OUT_FLAGS, 0o600)
     except OSError as e:
-        raise SpawnError(f"cannot open output file {launch.output_path}: {e.strerror}") from e
+        raise SpawnError(f"cannot remove {launch.exit_path}: {e.strerror}") from e
     parent = launch.parent
     if parent is not None and parent.run_id == launch.run_id:
-        os.close(fd)  # the parent opens it itself; it exists, and can be opened
         text = _run_script(launch, argv, cwd)
         if text is not None:
             try:
@@ -300,38 +309,53 @@ def spawn(launch: Launch) -> Child:
             except OSError as e:  # it was killed meanwhile: start the usual way
                 logger.info("run %s: its waiting parent is gone (%s)", launch.run_id, e)
         parent.retire()
-        fd = os.open(launch.output_path, _OUT_FLAGS, 0o600)
+    fd = _open_output(launch) if _NT else None
     try:
-        os.lseek(fd, 0, os.SEEK_END)  # Windows children ignore the CRT's O_APPEND emulation
-        out = fd if launch.stdout else subprocess.DEVNULL
-        err = fd if launch.stderr else subprocess.DEVNULL
-        command, group = _command(argv, launch.exit_path, launch.run_id)
+        out: int | None = fd if launch.stdout else subprocess.DEVNULL
+        err: int | None = fd if launch.stderr else subprocess.DEVNULL
+        if fd is None:  # POSIX: the waiting parent opens it (_WRAPPER), its messages to our log
+            out, err = subprocess.DEVNULL, None
+        command, group = _command(argv, launch)
         popen = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                  cwd=cwd, env=env, **group)
     except OSError as e:
         raise SpawnError(f"cannot start {argv[0]}: {e.strerror or e}") from e
     finally:
-        os.close(fd)  # the job has its own copy; holding ours would only leak it
+        if fd is not None:
+            os.close(fd)  # the job has its own copy; holding ours would only leak it
     logger.debug("run %s started as pid %d: %r", launch.run_id, popen.pid, argv)
     return Child(popen, Handle(popen.pid, _started(popen.pid)))
 
 
-def _command(argv: list[str], exit_path: Path,
-             run_id: str) -> tuple[list[str], dict[str, Any]]:
+def _open_output(launch: Launch) -> int:
+    """The run's output file, opened for the job (Windows: the waiting parent gets the fd)."""
+    try:
+        fd = os.open(launch.output_path, _OUT_FLAGS, 0o600)
+    except OSError as e:
+        raise SpawnError(f"cannot open output file {launch.output_path}: {e.strerror}") from e
+    os.lseek(fd, 0, os.SEEK_END)  # Windows children ignore the CRT's O_APPEND emulation
+    return fd
+
+
+def _command(argv: list[str], launch: Launch) -> tuple[list[str], dict[str, Any]]:
     """What ``Popen`` runs for a job's ``argv``, and how it gets a process group of its own.
 
     POSIX: the waiting parent in a new session. Windows: the waiting parent (winjob.py,
     by the base interpreter: a virtualenv's python.exe is a launcher that would sit
     between) with the job's command line, in a new process group.
     """
+    exit_path = str(launch.exit_path)
     if _NT:
         python = getattr(sys, "_base_executable", "") or sys.executable
-        return ([python, "-I", "-S", winjob.__file__, str(exit_path), winjob.job_name(run_id),
+        return ([python, "-I", "-S", winjob.__file__, exit_path, winjob.job_name(launch.run_id),
                  _nt_command_line(argv)], {"creationflags": _CREATE_NEW_PROCESS_GROUP})
     group = {"start_new_session": True}
+    head = [_WRAPPER_SHELL, "-c", _WRAPPER]
+    files = [exit_path, str(launch.output_path),
+             ("o" if launch.stdout else "") + ("e" if launch.stderr else "") or "-"]
     if len(argv) == 3 and argv[1] == "-c" and _same_shell(argv[0]):
-        return [_WRAPPER_SHELL, "-c", _WRAPPER, argv[0], str(exit_path), "-c", argv[2]], group
-    return [_WRAPPER_SHELL, "-c", _WRAPPER, "filerexec-run", str(exit_path), *argv], group
+        return [*head, argv[0], *files, "-c", argv[2]], group
+    return [*head, "filerexec-run", *files, *argv], group
 
 
 def _same_shell(shell: str) -> bool:

@@ -84,7 +84,6 @@ class Runner(Protocol):
 
 
 RUNS_DIR = "runs"  # each run's raw output and exit file, in the state directory
-SPARE = ".spare.out"  # the next run's output file, made ahead (see LocalRunner.launch)
 
 
 def runner_for(settings: Settings, wake: Callable[[], None], procs: process.Api) -> Runner:
@@ -156,7 +155,7 @@ class LocalRunner(RunFiles):
 
     def close(self) -> None:
         if self._parent is not None:
-            self._retired.append(self._parent)
+            self._retire(self._parent)
             self._parent = None
         self._retired = [p for p in self._retired if not p.retire(wait=1.0)]
 
@@ -178,12 +177,10 @@ class LocalRunner(RunFiles):
         return seen
 
     def _get_ready(self, now: float) -> None:
-        """The next run's output file and waiting parent, made in the step after a launch
-        (its poll), not beside the job's own start; no parent older than ``PARENT_AGE``."""
-        if not (self.runs_dir / SPARE).exists():
-            self._make_spare()
+        """The next run's waiting parent and output file, made in the step after a launch
+        (its poll), not beside the job's own start; none older than ``PARENT_AGE``."""
         if self._parent is not None and now >= self._parent_since + PARENT_AGE:
-            self._retired.append(self._parent)
+            self._retire(self._parent)
             self._parent = None
         self._retired = [p for p in self._retired if not p.retire()]
         if self._parent is None and now >= self._next_prepare:
@@ -192,17 +189,16 @@ class LocalRunner(RunFiles):
             self._parent_since = now
             if self._parent is None:  # none can be (Windows, a test's processes): not each step
                 self._next_prepare = now + PARENT_AGE
+                return
+            # Creating a file took ~0.9 ms here (ext4 in a VM, measured): not on the job's path.
+            with contextlib.suppress(OSError):  # else its parent creates it (or says why not)
+                os.close(os.open(self.output_path(run_id), os.O_WRONLY | os.O_CREAT, 0o600))
 
-    def _make_spare(self) -> None:
-        """Create the next run's output file now, after the spawns: creating a file took
-        0.9 ms here (ext4 in a VM, measured), renaming one into place 0.07 ms."""
-        with contextlib.suppress(OSError):  # else the spawn creates it (or says why not)
-            os.close(os.open(self.runs_dir / SPARE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
-
-    def _place_spare(self, output: Path) -> None:
-        """Rename the empty spare to a new run's output file, if there is one."""
-        with contextlib.suppress(OSError):
-            os.rename(self.runs_dir / SPARE, output)
+    def _retire(self, parent: process.Parent) -> None:
+        """An unused waiting parent ends; so do the files made for its run."""
+        self._retired.append(parent)
+        parent.retire()
+        self.output_path(parent.run_id).unlink(missing_ok=True)
 
     def _start(self, action: Start, now: float) -> Observed:
         spec, run_id = action.spec, action.run_id
@@ -216,7 +212,6 @@ class LocalRunner(RunFiles):
         )
         if launch.parent is not None:
             self._parent = None  # used, or retired by spawn if it could not be
-        self._place_spare(launch.output_path)
         try:
             child = self.procs.spawn(launch)
         except Exception as e:
