@@ -28,7 +28,7 @@ from tests.conftest import Host
 from tests.util import wait_for
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"),
-                           reason="the overflow hook is watchdog's inotify reader (Linux)")
+                           reason="the overflow report is the inotify reader's (Linux)")
 
 
 def _old(path: Path) -> None:
@@ -82,7 +82,7 @@ def _lose_events(daemon: Daemon, path: Path) -> None:
     assert daemon.watcher.trusted  # the look (not a full listing) is what is tested
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="watchdog's inotify reader")
+@linux
 def test_job_files_whose_events_were_lost_are_found_by_the_next_periodic_look(
         spool: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     jobs = spool / "jobs"
@@ -117,7 +117,7 @@ def test_job_files_whose_events_were_lost_are_found_by_the_next_periodic_look(
         daemon.close()
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="watchdog's inotify reader")
+@linux
 def test_an_edit_in_place_whose_events_were_lost_waits_at_most_for_the_full_listing(
         spool: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     jobs = spool / "jobs"
