@@ -39,7 +39,6 @@ from filerexec.machine import (
     Signalled,
     Start,
     Sweep,
-    Tick,
     Timing,
     Vanished,
     next_due,
@@ -48,7 +47,7 @@ from filerexec.machine import (
 from filerexec.publisher import Publisher
 from filerexec.reconcile import Reconciler
 from filerexec.render import HostFacts
-from filerexec.runner import Runner, new_run_id, runner_for
+from filerexec.runner import Runner, runner_for
 from filerexec.syncthing import Scanner
 from filerexec.watch import Hints, Watcher
 from filerexec.writer import StatusWriter
@@ -56,6 +55,8 @@ from filerexec.writer import StatusWriter
 __all__ = ["AlreadyRunning", "Daemon"]
 
 logger = logging.getLogger(__name__)
+
+LISTING_AFTER_ARRIVAL = 0.5  # seconds from files read on arrival to the listing that confirms
 
 
 class Daemon:
@@ -129,6 +130,7 @@ class Daemon:
         written = self.writer.close(timeout=10)
         self.delivery.close()
         self.scanner.close()
+        self.runner.close()
         if self.ledger is not None:
             # Clean only if every status file says what the ledger says, and the ledger
             # holds everything this daemon knew; else the next start re-reads everything.
@@ -165,7 +167,7 @@ class Daemon:
         self.lifecycle.check(self.ledger, now)  # safe mode, a drain
         self._collect_exits(now)
         self._read_jobs(now)
-        self._tick(now)
+        self._actions.extend(self.table.tick(now))  # only jobs whose timer has come
         self._launch_due(now)
         self._publish(now)
         return self._next_deadline(now) - now
@@ -178,11 +180,15 @@ class Daemon:
         self._commit(now)
 
     def _read_jobs(self, now: float) -> None:
-        """Files that arrived complete first, then the listing (the truth) when due."""
+        """Files that arrived complete first, then the listing (the truth) when due: at once
+        for what they did not settle, else soon (a burst of drops is listed once, not per step)."""
         hints = self.hints.drain()
-        if hints and (arrived := self.reconciler.fast(now, hints)):
-            self._observe(arrived)
-            self._launch_due(now)  # the files that arrived start before jobs/ is listed
+        if hints:
+            arrived, hints = self.reconciler.fast(now, hints)
+            if arrived:
+                self._observe(arrived)
+                self._launch_due(now)  # the files that arrived start before jobs/ is listed
+                self._next_scan = min(self._next_scan, now + LISTING_AFTER_ARRIVAL)
         # A file written in place is read once it has stood still, not at the next rescan.
         settled = self.reconciler.settle_due(now)
         lost = self.hints.take_lost()  # e.g. an overflow: list jobs/, whatever its folders say
@@ -193,13 +199,6 @@ class Daemon:
             self.table.changed |= seen.restatus
             self._observe(seen.events)
             self._next_scan = now + self.settings.scan_interval
-
-    def _tick(self, now: float) -> None:
-        """Only jobs whose timer has come (the machine says when: ``next_due``)."""
-        for job in self.table.active_jobs():
-            due = next_due(job, self.table.timing, now)
-            if due is not None and due <= now:
-                self._actions.extend(self.table.apply(job.name, Tick(now)))
 
     def _launch_due(self, now: float) -> None:
         self.table.check_after(now)  # what each job's after: jobs allow, right before launching
@@ -212,7 +211,7 @@ class Daemon:
                 j.version.seen if j.version and j.version.seen else 0, j.name))
             self._observe(self.reconciler.recheck([j.name for j in due], now))  # signatures
             for job in due:
-                self._actions.extend(self.table.launch(job.name, new_run_id(now), now))
+                self._actions.extend(self.table.launch(job.name, self.runner.new_run_id(now), now))
         self._commit_and_act(now)
 
     def _publish(self, now: float) -> None:

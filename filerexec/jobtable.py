@@ -33,7 +33,9 @@ from filerexec.machine import (
     Phase,
     Run,
     State,
+    Tick,
     Timing,
+    next_due,
     phase,
     transition,
 )
@@ -116,6 +118,15 @@ class JobTable:
             self._track(name, new)
             self.changed.add(name)
             self.unsaved.add(name)
+        return actions
+
+    def tick(self, now: float) -> list[Action]:
+        """Feed ``Tick`` to the jobs whose timer has come (the machine says when: ``next_due``)."""
+        actions = []
+        for job in self.active_jobs():
+            due = next_due(job, self.timing, now)
+            if due is not None and due <= now:
+                actions.extend(self.apply(job.name, Tick(now)))
         return actions
 
     def check_after(self, now: float) -> None:

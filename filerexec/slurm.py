@@ -29,7 +29,7 @@ from pathlib import Path
 
 from filerexec import process, slurmcmd
 from filerexec.machine import Exited, Observed, Run, Scheduled, Signal, SpawnFailed, Start, Vanished
-from filerexec.runner import VANISHED_WHILE_STARTING, RunFiles
+from filerexec.runner import VANISHED_WHILE_STARTING, RunFiles, new_run_id
 from filerexec.slurmspec import (
     NAME_PREFIX,
     JobInfo,
@@ -81,6 +81,12 @@ class SlurmRunner(RunFiles):
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self._thread = threading.Thread(target=self._work, daemon=True, name="slurm")
         self._thread.start()
+
+    def new_run_id(self, now: float) -> str:
+        return new_run_id(now)
+
+    def close(self) -> None:
+        pass  # nothing is started ahead: a submission is one sbatch
 
     @property
     def busy(self) -> bool:

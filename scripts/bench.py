@@ -485,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         lats: dict[str, list[float]] = {arm.name: [] for arm in (*floors, fx)}
         p50s: dict[str, list[float]] = {floor.name: [] for floor in floors}
         p95s: dict[str, list[float]] = {floor.name: [] for floor in floors}
-        bursts, burst_rows = [], []
+        bursts, burst_rows, burst_cpu = [], [], []
         for rep in range(args.repeat):
             lat = measure_latency([*floors, fx], fx, args.drops, f"lat{rep}-")
             for name, values in lat.items():
@@ -500,7 +500,10 @@ def main(argv: list[str] | None = None) -> int:
             res: dict[str, tuple[float, float | None]] = {}
             for arm in order:
                 rec = fx.has_finished(expected) if arm is fx else None
+                ticks = cpu_ticks(fx.pid)
                 res[arm.name] = measure_burst(arm, args.burst, prefix, rec)
+                if arm is fx:  # the daemon's own CPU (all threads), per job of the burst
+                    burst_cpu.append((cpu_ticks(fx.pid) - ticks) / CLK_TCK / args.burst)
             bursts.append(res["filerexec"][0] / res["baseline"][0])
             burst_rows.append(res)
             if rep == 0:  # idle with the first burst's 1,000 finished jobs (+ the drops)
@@ -529,6 +532,10 @@ def main(argv: list[str] | None = None) -> int:
         done = statistics.median(r["filerexec"][1] or 0.0 for r in burst_rows)
         rows.append((f"burst of {args.burst}: all recorded finished", "", f"{done:.2f} s",
                      "", "(status + host.yaml)"))
+        cpu = statistics.median(burst_cpu) * 1000
+        rows.append(("burst: the daemon's CPU per job (all its threads)", "", f"{cpu:.1f} ms",
+                     f"(runs {spread([c * 1000 for c in burst_cpu])})",
+                     "(info: where a burst goes)"))
 
         rows.append(idle_row)
         ok = all(ran_once(base, f"b{r}-", args.burst) and ran_once(fx, f"b{r}-", args.burst)

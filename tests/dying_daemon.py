@@ -21,6 +21,9 @@ DIED_BEFORE_SPAWN = 70
 class DieBeforeSpawn:
     """The real process API, except that ``spawn`` ends this whole process first."""
 
+    def prepare(self, run_id: str, script: Path) -> process.Parent | None:
+        return process.prepare(run_id, script)  # a real one, waiting when the daemon dies
+
     def spawn(self, launch: process.Launch) -> process.Started:
         print(f"dying before the spawn of run {launch.run_id}", file=sys.stderr, flush=True)
         os._exit(DIED_BEFORE_SPAWN)

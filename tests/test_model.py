@@ -91,6 +91,9 @@ class FakeProcs:
             self.crash = None
             raise Crash(where)
 
+    def prepare(self, run_id: str, script: Path) -> process.Parent | None:
+        return None
+
     def spawn(self, launch: process.Launch) -> FakeChild:
         self._maybe_crash("before spawn")
         match = re.search(r"exit (\d+) # (n\d+)", launch.commands[0])

@@ -14,7 +14,7 @@ import yaml
 from filerexec import process
 from filerexec import reconcile as reconcile_module
 from filerexec.config import Settings
-from filerexec.daemon import Daemon
+from filerexec.daemon import LISTING_AFTER_ARRIVAL, Daemon
 from filerexec.ledger import Ledger
 from filerexec.machine import Job, Readiness, Run, State, Version
 from filerexec.spec import parse_job
@@ -206,18 +206,21 @@ def test_moved_in_file_starts_before_jobs_is_listed_unless_another_file_names_it
     monkeypatch.setattr(process, "spawn",
                         lambda launch: order.append("spawn") or real_spawn(launch))
 
-    def deliver(name: str) -> None:
+    def deliver(name: str, now: float) -> None:
         order.clear()
         tmp = spool / "jobs" / f".syncthing.{name}.tmp"
         tmp.write_text("commands: echo new\n")
         target = spool / "jobs" / name
         tmp.replace(target)
         daemon.hints.add(str(target), Hint.COMPLETE)
-        daemon.step(time.time())
+        daemon.step(now)
 
-    deliver("a.yaml")
+    now = time.time()
+    deliver("a.yaml", now)
+    assert order == ["spawn"]  # listed soon, to confirm (the listing is the truth)
+    daemon.step(now + LISTING_AFTER_ARRIVAL)
     assert order == ["spawn", "scan"]
-    deliver("b.yml")  # competes with b.yaml for the name "b": only the listing may decide
+    deliver("b.yml", now + 1)  # competes with b.yaml for the name "b": only the listing decides
     assert order == ["scan"]
     daemon.run(threading.Event(), once=True)
     daemon.close()

@@ -36,9 +36,32 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/p
 pytestmark = pytest.mark.timeout(30)
 
 
+AHEAD = [False]  # whether launch() starts the run's waiting parent ahead (fixture `ahead`)
+_parents: list[process.Parent] = []
+
+
+@pytest.fixture(autouse=True, params=["usual", "ahead"])
+def ahead(request: pytest.FixtureRequest) -> Iterator[bool]:
+    """Every test twice: spawned the usual way, and handed to a waiting parent started ahead
+    (process.prepare), which must behave the same in every way tested here."""
+    _parents.clear()
+    AHEAD[0] = request.param == "ahead"
+    yield AHEAD[0]
+    AHEAD[0] = False
+    for parent in _parents:
+        assert parent.retire(wait=10)
+    _parents.clear()
+
+
 def launch(tmp_path: Path, *commands: str, **kw: Any) -> Launch:
-    return Launch(run_id=f"test-{uuid.uuid4().hex[:12]}", commands=commands,
-                  output_path=tmp_path / "out.log", exit_path=tmp_path / "exit", **kw)
+    run_id = f"test-{uuid.uuid4().hex[:12]}"
+    parent = None
+    if AHEAD[0]:
+        parent = process.prepare(run_id, tmp_path / f"{run_id}.sh")
+        if parent is not None:
+            _parents.append(parent)
+    return Launch(run_id=run_id, commands=commands, output_path=tmp_path / "out.log",
+                  exit_path=tmp_path / "exit", parent=parent, **kw)
 
 
 @pytest.fixture
@@ -147,7 +170,9 @@ def test_kill_reaches_a_job_that_ignores_term(tmp_path: Path,
     lc = launch(tmp_path, "trap 'echo got-term' TERM; echo ready; while :; do sleep 0.05; done")
     child = start(lc)
     # Signal only once the trap is in place, or TERM would end the job before it.
-    wait_for(lambda: "ready" in lc.output_path.read_text(), what="the job's TERM trap")
+    # The waiting parent creates the output file itself, maybe after spawn() returned.
+    wait_for(lambda: lc.output_path.exists() and "ready" in lc.output_path.read_text(),
+             what="the job's TERM trap")
     terminate(child.handle, lc.run_id)
     wait_for(lambda: "got-term" in lc.output_path.read_text(), what="TERM delivered")
     assert alive(child.handle)
@@ -270,6 +295,16 @@ def test_bad_cwd_is_a_readable_error(tmp_path: Path) -> None:
         spawn(launch(tmp_path, "true", cwd=str(tmp_path / "file")))
 
 
+@posix_only
+def test_an_output_file_that_cannot_be_opened_fails_the_run_and_runs_nothing(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "out.log").mkdir()  # the waiting parent opens it itself: EISDIR there
+    marker = tmp_path / "ran"
+    code = spawn(launch(tmp_path, f"touch {marker}")).wait(10)
+    assert code == 2 and read_exit(tmp_path / "exit") == 2 and not marker.exists()
+    assert "out.log" in capfd.readouterr().err  # the shell's words, in the daemon's log
+
+
 def test_unknown_shell_is_a_readable_error(tmp_path: Path) -> None:
     with pytest.raises(SpawnError, match=r"^shell 'no-such-shell-x' not found$"):
         spawn(launch(tmp_path, "true", shell="no-such-shell-x"))
@@ -308,18 +343,22 @@ def test_windows_command_line_and_taskkill() -> None:
 
 def test_popen_command_and_process_group_per_platform(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    exit_path = tmp_path / "r.exit"
+    exit_path, out = tmp_path / "r.exit", tmp_path / "r.out"
+    lc = Launch(run_id="run-1", commands=("x",), output_path=out, exit_path=exit_path)
     monkeypatch.setattr(process, "_NT", False)
-    command, group = process._command(["/bin/bash", "-c", "x"], exit_path, "run-1")
+    command, group = process._command(["/bin/bash", "-c", "x"], lc)
     assert command[:2] == ["/bin/sh", "-c"] and command[3:] == [
-        "filerexec-run", str(exit_path), "/bin/bash", "-c", "x"]
+        "filerexec-run", str(exit_path), str(out), "oe", "/bin/bash", "-c", "x"]
     assert group == {"start_new_session": True}
-    command, _ = process._command(["/bin/sh", "-c", "x"], exit_path, "run-1")  # its own shell
-    assert command[3:] == ["/bin/sh", str(exit_path), "-c", "x"]  # one exec: a subshell
+    command, _ = process._command(["/bin/sh", "-c", "x"], lc)  # its own shell
+    assert command[3:] == ["/bin/sh", str(exit_path), str(out), "oe", "-c", "x"]  # a subshell
+    quiet = Launch(run_id="run-1", commands=("x",), output_path=out, exit_path=exit_path,
+                   stdout=False, stderr=False)
+    assert process._command(["/bin/sh", "-c", "x"], quiet)[0][6] == "-"  # neither kept
     monkeypatch.setattr(process, "_NT", True)
     monkeypatch.setattr(sys, "_base_executable", r"C:\Python\python.exe", raising=False)
     command, group = process._command([r"C:\Windows\System32\cmd.exe", "/d", "/s", "/c", "x"],
-                                      exit_path, "run-1")
+                                      lc)
     # The waiting parent: winjob.py by path, isolated, with the job's command line.
     assert command == [r"C:\Python\python.exe", "-I", "-S", winjob.__file__, str(exit_path),
                        "filerexec-run-1", r'C:\Windows\System32\cmd.exe /d /s /c "x"']
@@ -389,14 +428,17 @@ def test_a_job_in_the_wrappers_own_shell_runs_in_a_fork_of_it_as_sh_c_would_run_
     """One exec per job, not two: /bin/sh jobs run in a subshell of the waiting parent (its
     argv is the wrapper's), and see what `sh -c` shows them: $0, no arguments, none of the
     wrapper's variables, no trap; every other shell is exec'd by the waiting parent."""
-    probe = 'echo "$0|$#|${f-unset}|${s-unset}|${c-unset}|$(trap)"'
+    probe = ('echo "$0|$#|${f-unset}|${s-unset}|${c-unset}|${_fx_f-unset}|${_fx_s-unset}|'
+             '${_fx_c-unset}|${_fx_go-unset}|$(trap)"')
     own = "read me _ </proc/self/stat; tr '\\0\\n' '  ' </proc/$me/cmdline; echo"
-    code, out = run(launch(tmp_path, f"{own}; {probe}; exit 7"))
+    code, out = run(launch(tmp_path, f"{own}; {probe}; exit 7", env={"f": "1", "c": "2"}))
     cmdline, shown = out.splitlines()
     assert code == 7 and read_exit(tmp_path / "exit") == 7
-    assert cmdline.startswith("/bin/sh -c f=$1; shift")  # the waiting parent, forked
-    plain = subprocess.run(["/bin/sh", "-c", probe], capture_output=True, text=True)
-    assert shown == plain.stdout.strip() == "/bin/sh|0|unset|unset|unset|"
+    wrapper = process._WAITING if AHEAD[0] else process._WRAPPER
+    assert cmdline.startswith(f"/bin/sh -c {wrapper.split(chr(10))[0]}")  # the parent, forked
+    plain = subprocess.run(["/bin/sh", "-c", probe], capture_output=True, text=True,
+                           env={**os.environ, "f": "1", "c": "2"})
+    assert shown == plain.stdout.strip() == "/bin/sh|0|1|unset|2|unset|unset|unset|unset|"
     bash = shutil.which("bash")
     if bash is not None:  # another shell: the waiting parent execs it, as before
         (tmp_path / "out.log").unlink()

@@ -218,3 +218,35 @@ def test_watcher_is_trusted_only_while_it_runs_with_its_overflows_reported(
     finally:
         watcher.stop()
     assert not watcher.trusted
+
+
+@linux
+def test_files_read_on_arrival_are_listed_once_soon_after_not_in_every_step(
+        spool: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A burst of drops: each file is read on arrival (its hint), and the listing that
+    confirms them comes once, LISTING_AFTER_ARRIVAL later, not in every step (O(n) not O(n²))."""
+    from filerexec.daemon import LISTING_AFTER_ARRIVAL
+
+    jobs = spool / "jobs"
+    daemon = _daemon(spool, tmp_path)
+    try:
+        now = time.time()
+        daemon.step(now)  # the first listing
+        listings = _listings(monkeypatch)
+        for i in range(5):
+            tmp = jobs / f".syncthing.j{i}.yaml.tmp"
+            tmp.write_text("commands: 'true'\n")
+            tmp.rename(jobs / f"j{i}.yaml")
+            name = f"j{i}"
+            wait_for(lambda: daemon.step(now) is not None and name in daemon.jobs,  # noqa: B023
+                     what=f"{name} to be read on arrival")
+        assert listings == []  # the clock has not moved: none yet
+        assert all(daemon.jobs[f"j{i}"].runs == 1 for i in range(5))
+        daemon.step(now + LISTING_AFTER_ARRIVAL)
+        assert len(listings) == 1  # one for the five
+        (jobs / "j0.yaml").unlink()  # a deletion is not settled on arrival: listed at once
+        wait_for(lambda: daemon.step(now + LISTING_AFTER_ARRIVAL) is not None
+                 and daemon.jobs["j0"].missing_since is not None, what="j0 to be missed")
+        assert len(listings) == 2
+    finally:
+        daemon.close()
