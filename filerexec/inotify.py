@@ -28,6 +28,7 @@ from pathlib import Path
 
 from filerexec.hints import Change, Hint, Hints, hint_for, stronger
 from filerexec.names import is_skipped_dir
+from filerexec.spool import MAX_DEPTH
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,11 @@ MASK = (IN_CREATE | IN_DELETE | IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVE
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then the name
 _READ = 65536  # bytes per read(); a read returns whole events only
 _READS = 16  # reads per batch: a flood is handled in batches, not read for ever
-_FAINT = (errno.ENOENT, errno.ENOTDIR)  # gone, or replaced by a file or a link: its parent says
+# Gone, or replaced by a file or a link: its parent's event says so.
+_FAINT = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) \
+    | getattr(os, "O_CLOEXEC", 0)
+_PROC = os.path.isdir("/proc/self/fd")  # a folder opened, watched through its descriptor
 
 
 def parse(data: bytes) -> Iterator[tuple[int, int, str]]:
@@ -77,6 +82,11 @@ def parse(data: bytes) -> Iterator[tuple[int, int, str]]:
 @functools.cache
 def _libc() -> _Libc:
     return _Libc()
+
+
+def _descended(rel: str) -> bool:
+    """Whether a scan of jobs/ descends into the folder ``rel`` (so it is watched)."""
+    return not is_skipped_dir(os.path.basename(rel)) and rel.count("/") < MAX_DEPTH
 
 
 class _Libc:
@@ -101,8 +111,9 @@ class _Libc:
     def init(self) -> int:
         return self._check(self._init1(os.O_NONBLOCK | os.O_CLOEXEC), "inotify_init1")
 
-    def add_watch(self, fd: int, path: str) -> int:
-        return self._check(self._add(fd, os.fsencode(path), MASK), f"inotify_add_watch {path}")
+    def add_watch(self, fd: int, target: str, path: str) -> int:
+        return self._check(self._add(fd, os.fsencode(target), MASK),
+                           f"inotify_add_watch {path}")
 
     def rm_watch(self, fd: int, wd: int) -> None:
         self._rm(fd, wd)  # already gone (IN_IGNORED is on its way): nothing to do
@@ -132,9 +143,12 @@ class Reader:
         self._fd = self._libc.init()
         try:
             self._stop_r, self._stop_w = os.pipe()
-            self._root_wd = self._libc.add_watch(self._fd, self.root)
-            self._wds[self._root_wd] = ""
-            self._watch_below("")
+            top = os.open(self.root, _DIR)
+            try:
+                self._root_wd = self._add(top, "")
+                self._watch_below("", top)
+            finally:
+                os.close(top)
         except OSError:
             self.close()
             raise
@@ -220,42 +234,70 @@ class Reader:
         """Watch a folder that came, forget one that left; whether events may be lost."""
         if change is Change.LEFT:
             self._unwatch(rel)
-        elif change in (Change.CREATED, Change.ARRIVED) and not is_skipped_dir(
-                os.path.basename(rel)):
-            self._watch(rel)
-            self._watch_below(rel)
+        elif change in (Change.CREATED, Change.ARRIVED) and _descended(rel):
+            self._watch_tree(rel)
             return True  # what was created in it before its watch: the listing finds it
         return False
 
-    def _watch(self, rel: str) -> bool:
-        """Watch one folder; whether it is watched (False: gone already, or no folder)."""
-        try:
-            wd = self._libc.add_watch(self._fd, os.path.join(self.root, rel))
-        except OSError as e:
-            if e.errno not in _FAINT:
-                logger.warning("cannot watch %s (%s); the periodic rescan lists jobs/ in full",
-                               os.path.join(self.root, rel), e.strerror)
-                self.complete = False
-            return False
+    def _add(self, fd: int, rel: str) -> int:
+        """Watch the folder open as ``fd`` (reached without following a link)."""
+        path = os.path.join(self.root, rel)
+        wd = self._libc.add_watch(self._fd, f"/proc/self/fd/{fd}/." if _PROC else path, path)
         self._wds[wd] = rel
-        return True
+        return wd
 
-    def _watch_below(self, rel: str) -> None:
-        """Watch every folder below ``rel`` a scan descends into, never through a link (each
-        watched before it is listed: what comes later has its event)."""
-        todo = [rel]
-        while todo:
-            top = todo.pop()
+    def _cannot(self, rel: str, e: OSError) -> None:
+        if e.errno not in _FAINT:
+            logger.warning("cannot watch %s (%s); the periodic rescan lists jobs/ in full",
+                           os.path.join(self.root, rel), e.strerror)
+            self.complete = False
+
+    def _watch_tree(self, rel: str) -> None:
+        """Watch the folder ``rel`` and every one below it, reached from root's descriptor
+        folder by folder (no link is followed, not even one swapped in mid-walk)."""
+        try:
+            fd = os.open(self.root, _DIR)
+        except OSError as e:
+            self._cannot(rel, e)
+            return
+        try:
+            for part in rel.split("/"):
+                below = os.open(part, _DIR, dir_fd=fd)
+                os.close(fd)
+                fd = below
+            self._add(fd, rel)
+            self._watch_below(rel, fd)
+        except OSError as e:
+            self._cannot(rel, e)
+        finally:
+            os.close(fd)
+
+    def _watch_below(self, rel: str, fd: int) -> None:
+        """Watch every folder below ``rel`` (open as ``fd``) that a scan descends into, each
+        opened from the one above and watched before it is listed (what comes later has
+        its event; what came before, the listing finds)."""
+        try:
+            with os.scandir(fd) as entries:
+                names = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+        except OSError as e:
+            self._cannot(rel, e)  # unreadable: the listing says so
+            return
+        for name in names:
+            child = f"{rel}/{name}" if rel else name
+            if not _descended(child):
+                continue
             try:
-                with os.scandir(os.path.join(self.root, top)) as entries:
-                    names = [e.name for e in entries
-                             if e.is_dir(follow_symlinks=False) and not is_skipped_dir(e.name)]
-            except OSError:
-                continue  # gone, or unreadable: the listing says so
-            for name in names:
-                child = f"{top}/{name}" if top else name
-                if self._watch(child):
-                    todo.append(child)
+                below = os.open(name, _DIR, dir_fd=fd)
+            except OSError as e:
+                self._cannot(child, e)
+                continue
+            try:
+                self._add(below, child)
+                self._watch_below(child, below)
+            except OSError as e:
+                self._cannot(child, e)
+            finally:
+                os.close(below)
 
     def _unwatch(self, rel: str) -> None:
         """Forget a folder moved away and everything below it (their paths are no more)."""

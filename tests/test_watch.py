@@ -222,6 +222,48 @@ def test_links_are_never_followed(jobs: Path, spy: _Spy, tmp_path: Path) -> None
         watcher.stop()
 
 
+def _watched_inodes(reader: Reader) -> set[int]:
+    """The inodes the kernel watches for ``reader`` (its inotify descriptor's fdinfo)."""
+    info = Path(f"/proc/self/fdinfo/{reader._fd}").read_text()
+    return {int(word[4:], 16) for line in info.splitlines() if line.startswith("inotify ")
+            for word in line.split() if word.startswith("ino:")}
+
+
+@linux
+def test_a_link_swapped_in_mid_walk_is_not_followed(
+        jobs: Path, spy: _Spy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    outside = tmp_path / "outside"
+    (outside / "b").mkdir()
+    (jobs / "a" / "b").mkdir(parents=True)
+    real, swapped = os.scandir, list[bool]()
+
+    def scandir(path: int) -> Iterator[os.DirEntry[str]]:
+        if isinstance(path, int) and not swapped and os.path.samestat(
+                os.fstat(path), os.stat(jobs / "a")):
+            # a/ is listed, a/b not watched yet: a/ becomes a link to a folder with a b/
+            (jobs / "a").rename(jobs / "a.real")
+            (jobs / "a").symlink_to(outside)
+            swapped.append(True)
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    reader = Reader(jobs, spy.hints)
+    reader.open()
+    try:
+        assert swapped
+        # What the kernel watches (before the swap's own events are read): the real a/b.
+        watched = _watched_inodes(reader)
+        assert (jobs / "a.real" / "b").stat().st_ino in watched
+        assert (outside / "b").stat().st_ino not in watched
+        (outside / "b" / "x.yaml").write_text("commands: 'true'\n")
+        hints, _ = _read(reader, spy)
+        assert _p(jobs / "a" / "b" / "x.yaml") not in hints
+        (jobs / "a.real" / "b" / "y.yaml").write_text("commands: 'true'\n")
+        assert _p(jobs / "a.real" / "b" / "y.yaml") in _read(reader, spy)[0]
+    finally:
+        reader.close()
+
+
 def _record(wd: int, mask: int, name: bytes = b"") -> bytes:
     padded = name + b"\0" * (-len(name) % 16 or (16 if name else 0))
     return struct.pack("iIII", wd, mask, 0, len(padded)) + padded
