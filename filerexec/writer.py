@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,7 @@ class _JobWrite:
 
 
 MAX_RETRY = 30.0  # seconds between attempts to write into a folder that stays broken
+GATHER = 0.005  # seconds from the first change queued to the pass that writes it (_gather)
 MAX_FAILING = 20  # failing writes listed in host.yaml
 _JOB = "job "  # _failing's keys: "job NAME", or "index", "page", "host" (a job may be "index")
 
@@ -231,6 +233,7 @@ class StatusWriter:
                 if self._closed and not (self._jobs or self._other):
                     return
                 self._busy = True
+                self._gather()
             failed = self._pass()
             with self._cond:
                 if not failed:
@@ -240,6 +243,14 @@ class StatusWriter:
                 else:  # back off: a folder that stays broken must not cost a write a second
                     self._cond.wait(self._delay)
                     self._delay = min(self._delay * 2, MAX_RETRY)
+
+    def _gather(self) -> None:
+        """Wait ``GATHER`` (unless closing) before a pass, the lock released meanwhile: what
+        changes in the next moments goes in the same pass, and a job just started gets the
+        CPU first (on 2 cores, writing beside its start delayed it by ~1 ms, measured)."""
+        deadline = time.monotonic() + GATHER
+        while not self._closed and (left := deadline - time.monotonic()) > 0:
+            self._cond.wait(left)
 
     def _pass(self) -> bool:
         """Write everything queued once; True if something failed (it stays queued)."""

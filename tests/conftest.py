@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import settings
 
 from tests.slurm_cluster import Cluster
 from tests.slurm_cluster import missing as slurm_missing
@@ -29,6 +30,11 @@ def pytest_itemcollected(item: pytest.Item) -> None:
     if serial and item.config.pluginmanager.hasplugin("xdist"):  # not in the Windows stage
         item.add_marker(pytest.mark.xdist_group("serial"))  # read by xdist's modifyitems hook
 
+
+# Property tests check what the code does, not how fast: hypothesis' per-example deadline
+# (200 ms) failed them on a shared 2-core machine under load. Speed is the benchmark's.
+settings.register_profile("filerexec", deadline=None)
+settings.load_profile("filerexec")
 
 HOST = "testhost"
 

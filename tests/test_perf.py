@@ -13,6 +13,7 @@ import yaml
 
 from filerexec import process
 from filerexec import reconcile as reconcile_module
+from filerexec import writer as writer_module
 from filerexec.config import Settings
 from filerexec.daemon import LISTING_AFTER_ARRIVAL, Daemon
 from filerexec.ledger import Ledger
@@ -64,6 +65,26 @@ def test_writer_coalesces_a_burst_of_updates_to_one_job(tmp_path: Path) -> None:
     writer.close()
     assert status.written == ["v1", "v3"]  # v2 was superseded before it was written
     assert yaml.safe_load(status.job_path("a").read_text())["reason"] == "v3"
+
+
+def test_writer_gathers_what_changes_in_the_next_moments_into_one_pass(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writer_module, "GATHER", 1.0)  # ample for three calls, on any machine
+    writer = StatusWriter(StatusDir(tmp_path, "h"), log_cap=1024)
+    passes: list[int] = []
+    writer.written = lambda: passes.append(1)
+    writer.job(_job("a", "running"))  # a launch …
+    time.sleep(0.1)  # … the scenario: a writer that did not gather would write it alone now
+    for name in ("b", "c"):  # … and the next ones, a moment later
+        writer.job(_job(name, "running"))
+    assert writer.flush(10)
+    assert passes == [1]  # one pass wrote all three
+    monkeypatch.setattr(writer_module, "GATHER", 60.0)
+    writer.job(_job("a", "done"))
+    started = time.monotonic()
+    assert writer.close(10)  # a stop does not wait for the gathering
+    assert time.monotonic() - started < 30
+    assert yaml.safe_load(StatusDir(tmp_path, "h").job_path("a").read_text())["reason"] == "done"
 
 
 def test_writer_keeps_log_then_status_then_forget_order_and_retries(tmp_path: Path) -> None:
