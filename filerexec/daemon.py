@@ -255,14 +255,16 @@ class Daemon:
                 elif isinstance(act, Sweep):
                     self._sweeps.add(act.run_id)
             self._observe(self.runner.launch(starts, now))
-        self._commit(now)
+        # What a spawn returned (pid) need not reach the disk before anything: a power loss
+        # ends the run too, and a crash keeps what SQLite wrote. No fsync beside the job's start.
+        self._commit(now, durable=False)
         self.table.launches_done()
         if self._sweeps:
             sweeps, self._sweeps = self._sweeps, set()
             self.runner.sweep(sweeps)
 
-    def _commit(self, now: float) -> bool:
-        return self.table.commit(now, self.reconciler.known)
+    def _commit(self, now: float, durable: bool = True) -> bool:
+        return self.table.commit(now, self.reconciler.known, durable)
 
     def _adopt(self, now: float) -> None:
         """After a restart: running jobs are adopted, finished ones get their exit code."""

@@ -164,10 +164,12 @@ class JobTable:
     def launches_done(self) -> None:
         self._before_launch.clear()
 
-    def commit(self, now: float, files: Mapping[str, FileKey]) -> bool:
-        """Write every changed record (and forgotten one) durably; False if it failed.
+    def commit(self, now: float, files: Mapping[str, FileKey], durable: bool = True) -> bool:
+        """Write every changed record (and forgotten one); False if it failed.
 
         ``files`` holds the stat key of the file each record reflects (see Ledger.save).
+        Not ``durable``: on disk with the next durable commit (a crash of the daemon loses
+        nothing; a power loss may lose it). A commit with notifications is always durable.
         """
         assert self._ledger is not None
         if not self.unsaved and not self._removed:
@@ -179,7 +181,8 @@ class JobTable:
         events = [e for job in saving if is_news(self._committed.get(job.name), job)
                   for e in self.notifier.notices(job, now)]
         try:
-            self._ledger.save(saving, removed=self._removed, files=files, events=events)
+            self._ledger.save(saving, removed=self._removed, files=files, events=events,
+                              durable=durable or bool(events))
         except (sqlite3.Error, OSError) as e:
             if self.ledger_problem != str(e):
                 logger.error("cannot write the ledger (%s): no job is started until it can be",

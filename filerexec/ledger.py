@@ -3,7 +3,9 @@
 SQLite in WAL mode with ``synchronous=FULL``: a commit is on disk before it
 returns. The daemon commits every changed job *before* it carries out the
 actions that change implies, so "job J, digest D, starting" is durable before
-the spawn and no restart ever runs a job twice.
+the spawn and no restart ever runs a job twice. Only what a spawn returned (the
+pid) is committed without its fsync (``durable=False``): a crash of the daemon
+keeps it, and a power loss that loses it ends the run as well.
 
 Two tables: ``jobs`` holds one snapshot per job name (what the state machine
 needs to resume), ``runs`` the history of every run (for ``runs:`` and audits).
@@ -82,12 +84,14 @@ class Ledger:
 
     def save(self, jobs: Iterable[Job], removed: Iterable[str] = (),
              files: Mapping[str, FileKey] | None = None,
-             events: Iterable[Outgoing] = ()) -> None:
+             events: Iterable[Outgoing] = (), durable: bool = True) -> None:
         """Commit changed jobs (and their runs, and the events they cause) in one durable
         transaction: a notification is never lost, nor recorded for a state that was not.
 
         ``files`` gives the stat key of the file each job's record reflects, so that a
         restart need not re-read a file that has not changed since (see ``files``).
+        Not ``durable``: without its fsync (``synchronous=NORMAL`` for it), so on disk with
+        the next durable commit; a crash of the process still loses nothing.
         """
         files = files or {}
         records = [(job, _dump({**job_to_record(job), "file": files.get(job.name)}))
@@ -96,7 +100,7 @@ class Ledger:
         removed, events = list(removed), list(events)
         if not records and not removed and not events:
             return
-        with self._transaction() as db:
+        with self._transaction(durable) as db:
             db.executemany("INSERT OR IGNORE INTO outbox (id, target, event, created)"
                            " VALUES (?, ?, ?, ?)",
                            [(e.id, e.target, e.payload(), e.created) for e in events])
@@ -163,8 +167,8 @@ class Ledger:
             db.execute("INSERT OR REPLACE INTO accepted (job, token, fingerprint) VALUES (?, ?, ?)",
                        (job, token, fingerprint))
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+    def _transaction(self, durable: bool = True) -> _Transaction:
+        return _Transaction(self._db, durable)
 
 
 FileKey = tuple[int, int, int, int]  # size, mtime_ns, inode, ctime_ns
@@ -177,22 +181,29 @@ def _dump(rec: dict[str, Any]) -> str:
 class _Transaction:
     """BEGIN IMMEDIATE … COMMIT, rolled back on error."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, durable: bool = True) -> None:
         self._db = db
+        self._durable = durable
 
     def __enter__(self) -> sqlite3.Connection:
+        if not self._durable:  # set outside a transaction; WAL mode: NORMAL skips the fsync
+            self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("BEGIN IMMEDIATE")
         return self._db
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            try:
-                self._db.execute("COMMIT")
-                return
-            except sqlite3.Error:
-                self._rollback()  # a failed COMMIT (disk full) leaves the transaction open
-                raise
-        self._rollback()
+        try:
+            if exc_type is None:
+                try:
+                    self._db.execute("COMMIT")
+                    return
+                except sqlite3.Error:
+                    self._rollback()  # a failed COMMIT (disk full) leaves the transaction open
+                    raise
+            self._rollback()
+        finally:
+            if not self._durable:
+                self._db.execute("PRAGMA synchronous=FULL")
 
     def _rollback(self) -> None:
         # SQLite may have rolled back already; the caller's error is what counts.

@@ -1,0 +1,52 @@
+"""Which ledger commits reach the disk before they return (issue 12): every one that an
+action follows, and a commit of what a spawn returned without its fsync — counted by tracing
+the real system calls of a real process, which then dies outright (nothing of it is lost)."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or shutil.which("strace") is None,
+    reason="needs strace (Debian: apt install strace; .ci/run installs it)")
+
+SAVE = """
+import os, sys
+from filerexec.ledger import Ledger
+from filerexec.machine import Job
+ledger = Ledger(__import__("pathlib").Path(sys.argv[1]))
+os.write(1, b"MARK\\n")
+ledger.save([Job(sys.argv[2])], durable=sys.argv[3] == "durable")
+os.write(1, b"MARK\\n")
+os.write(1, b"synchronous=%d\\n" % ledger._db.execute("PRAGMA synchronous").fetchone()[0])
+os._exit(9)  # a crash: no close, no checkpoint
+"""
+
+
+def syncs_during_save(ledger: Path, job: str, durable: str) -> int:
+    """fsync/fdatasync calls between the two marks of SAVE (strace follows the process)."""
+    out = subprocess.run(
+        ["strace", "-f", "-qq", "-e", "trace=fsync,fdatasync,write", "-s", "8", sys.executable,
+         "-c", SAVE, str(ledger), job, durable], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 9, out.stderr[-2000:]
+    assert "synchronous=2" in out.stdout  # FULL again for the next commit
+    trace = out.stderr.split('"MARK\\n"')
+    assert len(trace) == 3, out.stderr[-2000:]  # before, during, after the save
+    return sum(call in line for line in trace[1].splitlines()
+               for call in ("fsync(", "fdatasync("))
+
+
+def test_a_commit_before_an_action_is_fsynced_one_after_a_spawn_is_not_and_both_survive(
+        tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.sqlite"
+    assert syncs_during_save(ledger, "before", "durable") >= 1
+    assert syncs_during_save(ledger, "after", "not-durable") == 0
+    with sqlite3.connect(ledger) as db:  # the process died without closing: both are there
+        names = {row[0] for row in db.execute("SELECT name FROM jobs")}
+    assert names == {"before", "after"}
