@@ -9,8 +9,9 @@ daemon's own reads of job files (open, access, close without writing) make no ev
 Recursive like the listing: every folder a scan descends into is watched, never through a
 link; a folder that comes (created or moved in) is watched with its whole subtree, then
 ``Hints.lost`` makes the next look list jobs/ for what was created in it before its watch.
-An overflow of the kernel's queue is reported (``Hints.lost``), so the watcher is
-trusted; a folder that could not be watched (the watch limit) makes it untrusted.
+An overflow of the kernel's queue is reported (``Hints.lost``) and every folder is watched
+anew (one created or moved while events were lost), so the watcher stays trusted; a folder
+that could not be watched (the watch limit) makes it untrusted.
 """
 
 from __future__ import annotations
@@ -203,6 +204,7 @@ class Reader:
             if mask & IN_Q_OVERFLOW:
                 logger.warning("inotify queue overflow on %s: events were lost; listing it",
                                self.root)
+                self._resync()
                 lost = True
             elif (rel := self._wds.get(wd)) is None:
                 continue  # a folder no longer watched (moved away, removed)
@@ -219,6 +221,29 @@ class Reader:
             self._hints.add(where, hint)
         if lost:
             self._hints.lost()
+
+    def _resync(self) -> None:
+        """After an overflow, watch every folder anew: one created meanwhile gets its watch,
+        one moved meanwhile its new path (a folder already watched keeps its watch), one
+        moved away is forgotten. Without this the watcher would not be complete, and so
+        not to be trusted, after the events that made its watches were lost."""
+        before, self._wds = self._wds, {self._root_wd: ""}
+        try:
+            top = os.open(self.root, _DIR)
+        except OSError:
+            top = -1
+        try:
+            if top < 0 or self._add(top, "") != self._root_wd:
+                self._wds, self.gone = before, True  # removed or replaced: watch.py re-arms
+                return
+            self._watch_below("", top)
+        except OSError as e:
+            self._cannot("", e)
+        finally:
+            if top >= 0:
+                os.close(top)
+        for wd in before.keys() - self._wds.keys():
+            self._libc.rm_watch(self._fd, wd)
 
     def _went(self, wd: int, mask: int) -> bool:
         """A watched folder was removed or moved; whether that is root (watch it anew)."""
@@ -247,9 +272,12 @@ class Reader:
         return wd
 
     def _cannot(self, rel: str, e: OSError) -> None:
+        """A folder that is not watched: the rescan lists jobs/ in full (said once: past
+        the watch limit, every other folder fails too)."""
         if e.errno not in _FAINT:
-            logger.warning("cannot watch %s (%s); the periodic rescan lists jobs/ in full",
-                           os.path.join(self.root, rel), e.strerror)
+            log = logger.warning if self.complete else logger.debug
+            log("cannot watch %s (%s); the periodic rescan lists jobs/ in full",
+                os.path.join(self.root, rel), e.strerror)
             self.complete = False
 
     def _watch_tree(self, rel: str) -> None:
