@@ -189,8 +189,8 @@ class Reconciler:
                 continue
             name, info = found
             known = listing.jobs.get(name)
-            if self._spellings.clash(name) is not None or name in listing.conflicts or (
-                    known is not None and known.where != info.where):
+            if name in listing.conflicts or (known is not None and known.where != info.where) \
+                    or self._spellings.add(name) is not None:  # its spelling is taken from now
                 left[path] = hint  # the listing refuses it, or decides between its files
                 continue
             listing.jobs[name] = info

@@ -250,3 +250,32 @@ def test_files_read_on_arrival_are_listed_once_soon_after_not_in_every_step(
         assert len(listings) == 2
     finally:
         daemon.close()
+
+
+@linux
+def test_a_second_spelling_arriving_before_the_confirming_listing_is_not_run(
+        spool: Path, tmp_path: Path) -> None:
+    """Found by tests/test_name_clashes.py: with the listing half a second after an arrival,
+    the arrival path itself must take the name's spelling, or `backup` ran beside `Backup`."""
+    jobs = spool / "jobs"
+    daemon = _daemon(spool, tmp_path)
+    try:
+        now = time.time()
+        daemon.step(now)
+
+        def drop(name: str) -> None:
+            tmp = jobs / f".syncthing.{name}.yaml.tmp"
+            tmp.write_text("commands: 'true'\n")
+            tmp.rename(jobs / f"{name}.yaml")
+
+        drop("Backup")
+        wait_for(lambda: daemon.step(now) is not None and "Backup" in daemon.jobs,
+                 what="Backup to be read on arrival")
+        drop("backup")  # the clock stands still: no confirming listing has come yet
+        wait_for(lambda: daemon.step(now) is not None
+                 and "backup.yaml" in daemon.reconciler.refused, what="backup to be refused")
+        assert daemon.jobs["Backup"].runs == 1
+        assert "backup" not in daemon.jobs or daemon.jobs["backup"].runs == 0
+        assert "backup.yaml" in daemon.reconciler.refused
+    finally:
+        daemon.close()
