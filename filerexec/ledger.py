@@ -188,7 +188,11 @@ class _Transaction:
     def __enter__(self) -> sqlite3.Connection:
         if not self._durable:  # set outside a transaction; WAL mode: NORMAL skips the fsync
             self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except BaseException:  # e.g. locked: no __exit__ follows, so every later commit
+            self._durable_again()  # would have been without its fsync
+            raise
         return self._db
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
@@ -202,8 +206,11 @@ class _Transaction:
                     raise
             self._rollback()
         finally:
-            if not self._durable:
-                self._db.execute("PRAGMA synchronous=FULL")
+            self._durable_again()
+
+    def _durable_again(self) -> None:
+        if not self._durable:
+            self._db.execute("PRAGMA synchronous=FULL")
 
     def _rollback(self) -> None:
         # SQLite may have rolled back already; the caller's error is what counts.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(
+traced = pytest.mark.skipif(
     not sys.platform.startswith("linux") or shutil.which("strace") is None,
     reason="needs strace (Debian: apt install strace; .ci/run installs it)")
 
@@ -42,6 +42,7 @@ def syncs_during_save(ledger: Path, job: str, durable: str) -> int:
                for call in ("fsync(", "fdatasync("))
 
 
+@traced
 def test_a_commit_before_an_action_is_fsynced_one_after_a_spawn_is_not_and_both_survive(
         tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.sqlite"
@@ -50,3 +51,21 @@ def test_a_commit_before_an_action_is_fsynced_one_after_a_spawn_is_not_and_both_
     with sqlite3.connect(ledger) as db:  # the process died without closing: both are there
         names = {row[0] for row in db.execute("SELECT name FROM jobs")}
     assert names == {"before", "after"}
+
+
+def test_a_commit_that_cannot_begin_leaves_the_next_ones_durable(tmp_path: Path) -> None:
+    from filerexec.ledger import Ledger
+    from filerexec.machine import Job
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    other = sqlite3.connect(tmp_path / "ledger.sqlite", timeout=0)
+    try:
+        ledger._db.execute("PRAGMA busy_timeout=0")
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the ledger: BEGIN fails
+        with pytest.raises(sqlite3.OperationalError):
+            ledger.save([Job("a")], durable=False)
+        other.rollback()
+        assert ledger._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        other.close()
+        ledger.close()
