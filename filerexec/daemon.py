@@ -184,11 +184,13 @@ class Daemon:
         for what they did not settle, else soon (a burst of drops is listed once, not per step)."""
         hints = self.hints.drain()
         if hints:
-            arrived, hints = self.reconciler.fast(now, hints)
+            arrived, left = self.reconciler.fast(now, hints)
+            if len(left) < len(hints):  # settled on arrival: a listing confirms them soon
+                self._next_scan = min(self._next_scan, now + LISTING_AFTER_ARRIVAL)
+            hints = left
             if arrived:
                 self._observe(arrived)
                 self._launch_due(now)  # the files that arrived start before jobs/ is listed
-                self._next_scan = min(self._next_scan, now + LISTING_AFTER_ARRIVAL)
         # A file written in place is read once it has stood still, not at the next rescan.
         settled = self.reconciler.settle_due(now)
         lost = self.hints.take_lost()  # e.g. an overflow: list jobs/, whatever its folders say

@@ -279,3 +279,28 @@ def test_a_second_spelling_arriving_before_the_confirming_listing_is_not_run(
         assert "backup.yaml" in daemon.reconciler.refused
     finally:
         daemon.close()
+
+
+@linux
+def test_a_file_settled_on_arrival_without_an_event_is_confirmed_by_the_listing_too(
+        spool: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file for another host changes no job, yet the arrival path took it as listed: the
+    listing that confirms it comes as for any arrival, not only at the next rescan."""
+    from filerexec.daemon import LISTING_AFTER_ARRIVAL
+
+    jobs = spool / "jobs"
+    daemon = _daemon(spool, tmp_path)
+    try:
+        now = time.time()
+        daemon.step(now)
+        listings = _listings(monkeypatch)
+        tmp = jobs / ".syncthing.other.yaml.tmp"
+        tmp.write_text("commands: 'true'\nhost: elsewhere\n")
+        tmp.rename(jobs / "other.yaml")
+        wait_for(lambda: daemon.step(now) is not None and "other" in daemon.reconciler.known,
+                 what="other.yaml to be read on arrival")
+        assert listings == [] and "other" not in daemon.jobs
+        daemon.step(now + LISTING_AFTER_ARRIVAL)  # the rescan is 10 s away
+        assert len(listings) == 1
+    finally:
+        daemon.close()
