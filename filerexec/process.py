@@ -66,20 +66,21 @@ _OUT_FLAGS: int = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEX
 # `sh -c SCRIPT` would run it: $0 is the shell, no positional parameters, none of the
 # wrapper's variables, TERM at its default. The wrapper's variables are named so that no
 # job's own (env: f, s, c) is taken for them.
-_WRAPPER = """_fx_f=$1 _fx_o=$2; shift 2
+# Where a job's stdout and stderr go (to "$_fx_o", the output file, appended), by which of
+# them are kept (``_kept``): one rule for _WRAPPER and the script of a parent started ahead.
+_REDIRECTS = {"oe": '>>"$_fx_o" 2>&1', "o": '>>"$_fx_o" 2>/dev/null',
+              "e": '>/dev/null 2>>"$_fx_o"', "-": '>/dev/null 2>&1'}
+_WRAPPER = ("""_fx_f=$1 _fx_o=$2; shift 2
 trap : TERM
 case $1 in
-oe) command exec >>"$_fx_o" 2>&1;;
-o) command exec >>"$_fx_o" 2>/dev/null;;
-e) command exec >/dev/null 2>>"$_fx_o";;
-*) command exec >/dev/null 2>&1;;
-esac && shift && unset _fx_o &&
+""" + "".join(f"{kept}) command exec {redirect};;\n" for kept, redirect in _REDIRECTS.items())
+            + """esac && shift && unset _fx_o &&
 if [ "$1" = -c ]; then (trap - TERM; unset _fx_f; _fx_s=$2; set --; eval "unset _fx_s; $_fx_s")
 else "$@"; fi
 _fx_c=$?
 printf '%d\\n' "$_fx_c" >"$_fx_f"
 exit "$_fx_c"
-"""
+""")
 # ($2 is the output file, $3 which of stdout and stderr go there.) The waiting parent opens
 # the job's output itself: creating a file took ~1.5 ms of the daemon's loop per job in a
 # burst (measured), and the parent does it beside the loop. `command` keeps a redirection
@@ -220,18 +221,24 @@ def _run_script(launch: Launch, argv: list[str], cwd: str) -> str | None:
     None where it cannot say the same (a variable the shell itself gives a meaning)."""
     if not _SHELL_OWN.isdisjoint(launch.env):
         return None
-    out, q = launch.output_path, _sh_quote
-    if launch.stdout and launch.stderr:
-        redirect = f">>{q(str(out))} 2>&1"
-    else:
-        redirect = (f">>{q(str(out))}" if launch.stdout else ">/dev/null") + " " + (
-            f"2>>{q(str(out))}" if launch.stderr else "2>/dev/null")
+    q = _sh_quote
     exports = " ".join(f"{k}={q(v)}" for k, v in launch.env.items())
-    run = (f"eval {q(argv[2])}" if len(argv) == 3 and argv[1] == "-c" and _same_shell(argv[0])
-           else "exec " + " ".join(q(a) for a in argv))
-    return (f"set --; unset _fx_go; _fx_f={q(str(launch.exit_path))}\n"
-            f"cd -P -- {q(os.path.abspath(cwd))} && command exec {redirect} && "
-            f"(trap - TERM; unset _fx_f _fx_c{'; export ' + exports if exports else ''}; {run})\n")
+    run = f"eval {q(argv[2])}" if _own_shell(argv) else "exec " + " ".join(q(a) for a in argv)
+    return (f"set --; unset _fx_go; _fx_f={q(str(launch.exit_path))} "
+            f"_fx_o={q(str(launch.output_path))}\n"
+            f"cd -P -- {q(os.path.abspath(cwd))} && command exec {_REDIRECTS[_kept(launch)]} && "
+            f"(trap - TERM; unset _fx_f _fx_o _fx_c{'; export ' + exports if exports else ''};"
+            f" {run})\n")
+
+
+def _kept(launch: Launch) -> str:
+    """Which of the job's stdout and stderr go to its output file: a key of _REDIRECTS."""
+    return ("o" if launch.stdout else "") + ("e" if launch.stderr else "") or "-"
+
+
+def _own_shell(argv: list[str]) -> bool:
+    """Whether ``argv`` is ``/bin/sh -c SCRIPT``: run in a subshell of the waiting parent."""
+    return len(argv) == 3 and argv[1] == "-c" and _same_shell(argv[0])
 
 
 def _sh_quote(text: str) -> str:
@@ -309,12 +316,14 @@ def spawn(launch: Launch) -> Child:
             except OSError as e:  # it was killed meanwhile: start the usual way
                 logger.info("run %s: its waiting parent is gone (%s)", launch.run_id, e)
         parent.retire()
-    fd = _open_output(launch) if _NT else None
+    fd: int | None = None
+    out: int | None = subprocess.DEVNULL  # POSIX: the waiting parent opens the output itself
+    err: int | None = None  # (_WRAPPER); what it says before that goes to our log
+    if _NT:
+        fd = _open_output(launch)
+        out = fd if launch.stdout else subprocess.DEVNULL
+        err = fd if launch.stderr else subprocess.DEVNULL
     try:
-        out: int | None = fd if launch.stdout else subprocess.DEVNULL
-        err: int | None = fd if launch.stderr else subprocess.DEVNULL
-        if fd is None:  # POSIX: the waiting parent opens it (_WRAPPER), its messages to our log
-            out, err = subprocess.DEVNULL, None
         command, group = _command(argv, launch)
         popen = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                  cwd=cwd, env=env, **group)
@@ -351,9 +360,8 @@ def _command(argv: list[str], launch: Launch) -> tuple[list[str], dict[str, Any]
                  _nt_command_line(argv)], {"creationflags": _CREATE_NEW_PROCESS_GROUP})
     group = {"start_new_session": True}
     head = [_WRAPPER_SHELL, "-c", _WRAPPER]
-    files = [exit_path, str(launch.output_path),
-             ("o" if launch.stdout else "") + ("e" if launch.stderr else "") or "-"]
-    if len(argv) == 3 and argv[1] == "-c" and _same_shell(argv[0]):
+    files = [exit_path, str(launch.output_path), _kept(launch)]
+    if _own_shell(argv):
         return [*head, argv[0], *files, "-c", argv[2]], group
     return [*head, "filerexec-run", *files, *argv], group
 

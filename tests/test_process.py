@@ -296,6 +296,20 @@ def test_bad_cwd_is_a_readable_error(tmp_path: Path) -> None:
 
 
 @posix_only
+@pytest.mark.parametrize(("stdout", "stderr", "kept"), [
+    (True, True, "out\nerr\n"), (True, False, "out\n"), (False, True, "err\n"),
+    (False, False, "")])
+def test_stdout_and_stderr_each_go_to_the_output_or_nowhere(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], stdout: bool, stderr: bool,
+        kept: str) -> None:
+    lc = launch(tmp_path, "echo out; echo err >&2", stdout=stdout, stderr=stderr)
+    assert spawn(lc).wait(10) == 0
+    # Neither kept: the waiting parent opens no output file at all.
+    assert (lc.output_path.read_text() if lc.output_path.exists() else "") == kept
+    assert "out" not in capfd.readouterr().out  # nor anywhere else
+
+
+@posix_only
 def test_an_output_file_that_cannot_be_opened_fails_the_run_and_runs_nothing(
         tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "out.log").mkdir()  # the waiting parent opens it itself: EISDIR there
