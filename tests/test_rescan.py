@@ -25,7 +25,7 @@ from filerexec.machine import State
 from filerexec.reconcile import FULL_LISTING
 from filerexec.spool import FileStat, NotReady, list_jobs, read_job_file, unchanged
 from tests.conftest import Host
-from tests.util import wait_for
+from tests.util import overflow_inotify, wait_for
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"),
                            reason="the overflow report is the inotify reader's (Linux)")
@@ -184,16 +184,9 @@ def test_an_inotify_overflow_makes_the_next_rescan_list_everything(host: Host) -
     # Past the racy window and a rescan (--rescan 1) after it: the looks now trust the folder.
     wait_for(lambda: time.time() > changed + spool_module.RACY_NS / 1e9 + 2.5, timeout=15,
              what="the folder to be older than the racy window")
-    queue = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
     proc.send_signal(signal.SIGSTOP)
     try:
-        fds = [os.open(path, os.O_WRONLY | os.O_APPEND) for path in noise]
-        try:
-            for i in range(queue + 1000):  # alternating: the kernel merges only repeats
-                os.write(fds[i % 2], b"x")
-        finally:
-            for fd in fds:
-                os.close(fd)
+        overflow_inotify(noise)
         with open(jobs / "a.yaml", "r+") as f:  # lost: the queue is full
             f.write("commands: echo two\n")
     finally:

@@ -29,7 +29,7 @@ from watchdog.events import (
 from filerexec.hints import Hint, Hints
 from filerexec.inotify import IN_MOVED_TO, IN_Q_OVERFLOW, Reader, parse
 from filerexec.watch import Watcher, _Handler
-from tests.util import wait_for
+from tests.util import overflow_inotify, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
@@ -293,14 +293,7 @@ def test_a_real_overflow_is_reported_and_the_folders_are_watched_anew(
     for name in ("d", "g"):
         (jobs / name).mkdir()
     _read(reader, spy)
-    queue = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
-    fds = [os.open(jobs / name, os.O_WRONLY | os.O_CREAT) for name in ("a.yaml", "b.yaml")]
-    try:
-        for i in range(queue + 100):  # alternating: the kernel merges only repeats
-            os.write(fds[i % 2], b"x")
-    finally:
-        for fd in fds:
-            os.close(fd)
+    overflow_inotify([jobs / "a.yaml", jobs / "b.yaml"])
     # Lost with the queue full: a folder created, one renamed, one moved out.
     (jobs / "late").mkdir()
     (jobs / "d").rename(jobs / "e")

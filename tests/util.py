@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Literal, TypeVar
 
 T = TypeVar("T")
@@ -57,3 +59,17 @@ def index_jobs(text: str) -> dict[str, dict[str, str]]:
 def index_states(text: str) -> dict[str, str]:
     """``index.md``'s jobs: name → state (with " (deleted)" for a deleted job's)."""
     return {name: facts.get("state", "") for name, facts in index_jobs(text).items()}
+
+
+def overflow_inotify(paths: Sequence[Path]) -> None:
+    """Write to two files, alternately, more times than the kernel's inotify queue holds
+    (it merges only repeated events), creating them if need be: the queue overflows
+    for whoever is not reading it just now."""
+    queue = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    fds = [os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600) for path in paths]
+    try:
+        for i in range(queue + 1000):
+            os.write(fds[i % len(fds)], b"x")
+    finally:
+        for fd in fds:
+            os.close(fd)
