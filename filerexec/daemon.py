@@ -180,8 +180,7 @@ class Daemon:
         self._commit(now)
 
     def _read_jobs(self, now: float) -> None:
-        """Files that arrived complete first, then the listing (the truth) when due: at once
-        for what they did not settle, else soon (a burst of drops is listed once, not per step)."""
+        """Arrived files first, then the listing (the truth): now for hints they left, else soon."""
         hints = self.hints.drain()
         if hints:
             arrived, left = self.reconciler.fast(now, hints)
@@ -257,8 +256,7 @@ class Daemon:
                 elif isinstance(act, Sweep):
                     self._sweeps.add(act.run_id)
             self._observe(self.runner.launch(starts, now))
-        # What a spawn returned (pid) need not reach the disk before anything: a power loss
-        # ends the run too, and a crash keeps what SQLite wrote. No fsync beside the job's start.
+        # The pid a spawn returned: no fsync beside the job's start (ledger.py says why not).
         self._commit(now, durable=False)
         self.table.launches_done()
         if self._sweeps:
