@@ -297,8 +297,9 @@ def test_size_limit() -> None:
 
 
 # Hostile files must fail fast: the contract is "well under 100 ms" for any file of 64 KiB;
-# the bound here is looser. Measured in this process's CPU time, not on the wall: the work a
-# file costs is the point, and a shared machine's other processes must not fail the test.
+# the bound here is looser. Measured in this thread's CPU time, not on the wall: the work a
+# file costs is the point, and neither a shared machine's other processes nor the threads
+# earlier tests left in this worker (a daemon's writer, its watcher) may fail the test.
 HOSTILE = {
     "deep flow nesting": "[" * 60000,
     "deep block nesting": "".join(" " * i + "a:\n" for i in range(200)),
@@ -314,10 +315,10 @@ HOSTILE = {
 def test_hostile_files_fail_fast(source: str) -> None:
     timings = []
     for _ in range(3):  # the best of three: caches, a page fault, the collector
-        start = time.process_time()
+        start = time.thread_time()
         with contextlib.suppress(SpecError):
             parse_job(source, "j")
-        timings.append(time.process_time() - start)
+        timings.append(time.thread_time() - start)
     assert min(timings) < 0.25
 
 
@@ -421,6 +422,6 @@ def test_generated_job_files(job: dict[str, object], flow: bool | None) -> None:
 
 def test_deadline_of_a_long_valid_file() -> None:
     source = "commands:\n" + "".join(f"  - echo {i}\n" for i in range(4000))
-    start = time.process_time()  # CPU time, as above
+    start = time.thread_time()  # CPU time, as above
     assert len(parse_job(source, "j").commands) == 4000
-    assert time.process_time() - start < 0.25
+    assert time.thread_time() - start < 0.25
