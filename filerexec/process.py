@@ -10,8 +10,9 @@ then writes the exit code plus a newline to ``exit_path`` and exits with the sam
 code — so the code survives a daemon restart without a Python interpreter per job.
 
 - A waiting parent can be started ahead of its run (``prepare``, POSIX): it waits on
-  its stdin, then sources its run's script file (the job's folder, output, variables
-  and commands, written by ``spawn``) and goes on as above. Popen and the shell's own
+  its stdin, then sources its run's script (the job's folder, output, variables and
+  commands, written by ``spawn`` into ``exit_path``, which the exit code then replaces:
+  a file less per run) and goes on as above. Popen and the shell's own
   start (~1.5 ms here) then happen before a job file arrives, not after.
 - TERM to the group: the job stops, and the wrapper (which catches TERM only to
   outlive the job) records 128+15. KILL ends the wrapper too and nothing is
@@ -86,10 +87,11 @@ exit "$_fx_c"
 # burst (measured), and the parent does it beside the loop. `command` keeps a redirection
 # that fails from ending the shell: the run fails with its status, and the shell's message
 # goes to the daemon's log.
-# The waiting parent started ahead (``prepare``): $1 is its run's script file. A newline on
-# stdin says the script is written; end of file (the daemon gone, the parent retired) that
-# nothing is to run. The script sets _fx_f, enters the job's folder, opens its output and
-# runs it as _WRAPPER does (``_run_script``).
+# The waiting parent started ahead (``prepare``): $1 is its run's script, in the run's exit
+# file. A newline on stdin says the script is written; end of file (the daemon gone, the
+# parent retired) that nothing is to run. The script sets _fx_f (that same file, which the
+# code then replaces: read_exit never takes a script for a code), enters the job's folder,
+# opens its output and runs it as _WRAPPER does (``_run_script``).
 _WAITING = """trap : TERM
 IFS= read -r _fx_go || exit 0
 exec </dev/null
@@ -195,8 +197,9 @@ class Parent:
 
 def prepare(run_id: str, script: Path) -> Parent | None:
     """Start the waiting parent of a future run ``run_id`` (POSIX; None elsewhere, or if it
-    cannot start): in its own session, carrying the run id, its script file ``script``
-    created and kept open. ``spawn`` of a ``Launch`` with this ``parent`` hands it the job."""
+    cannot start): in its own session, carrying the run id, its script file ``script`` (the
+    run's exit path) created and kept open. ``spawn`` of a ``Launch`` with this ``parent``
+    and that ``exit_path`` hands it the job."""
     if _NT:
         return None
     try:
@@ -300,13 +303,9 @@ def spawn(launch: Launch) -> Child:
     argv[0] = found
     if not launch.exit_path.parent.is_dir():
         raise SpawnError(f"state directory {launch.exit_path.parent} does not exist")
-    try:
-        launch.exit_path.unlink(missing_ok=True)  # an old record must not pass for this run's
-    except OSError as e:
-        raise SpawnError(f"cannot remove {launch.exit_path}: {e.strerror}") from e
-    parent = launch.parent
-    if parent is not None and parent.run_id == launch.run_id:
-        text = _run_script(launch, argv, cwd)
+    parent = launch.parent if launch.parent and launch.parent.run_id == launch.run_id else None
+    if parent is not None:
+        text = _run_script(launch, argv, cwd) if parent.script == launch.exit_path else None
         if text is not None:
             try:
                 child = parent.go(text)
@@ -316,6 +315,10 @@ def spawn(launch: Launch) -> Child:
             except OSError as e:  # it was killed meanwhile: start the usual way
                 logger.info("run %s: its waiting parent is gone (%s)", launch.run_id, e)
         parent.retire()
+    try:
+        launch.exit_path.unlink(missing_ok=True)  # an old record must not pass for this run's
+    except OSError as e:
+        raise SpawnError(f"cannot remove {launch.exit_path}: {e.strerror}") from e
     fd: int | None = None
     out: int | None = subprocess.DEVNULL  # POSIX: the waiting parent opens the output itself
     err: int | None = None  # (_WRAPPER); what it says before that goes to our log

@@ -113,11 +113,8 @@ class RunFiles:
     def exit_path(self, run_id: str) -> Path:
         return self.runs_dir / f"{run_id}.exit"
 
-    def script_path(self, run_id: str) -> Path:
-        return self.runs_dir / f"{run_id}.sh"
-
     def run_files(self, run_id: str) -> list[Path]:
-        return [self.output_path(run_id), self.exit_path(run_id), self.script_path(run_id)]
+        return [self.output_path(run_id), self.exit_path(run_id)]
 
 
 class LocalRunner(RunFiles):
@@ -185,7 +182,7 @@ class LocalRunner(RunFiles):
         self._retired = [p for p in self._retired if not p.retire()]
         if self._parent is None and now >= self._next_prepare:
             run_id = new_run_id(now)
-            self._parent = self.procs.prepare(run_id, self.script_path(run_id))
+            self._parent = self.procs.prepare(run_id, self.exit_path(run_id))
             self._parent_since = now
             if self._parent is None:  # none can be (Windows, a test's processes): not each step
                 self._next_prepare = now + PARENT_AGE

@@ -1,8 +1,9 @@
 """Safe file primitives for a folder others can write to: atomic replace, no links.
 
 Every write is atomic: a temp file named ``.~filerexec-*.tmp`` (a pattern Dropbox
-and Office-aware clients skip, and Syncthing users put in .stignore), fsync, rename
-over the target. Below a trusted ``base`` no folder on the way may be a symbolic
+and Office-aware clients skip, and Syncthing users put in .stignore), fsync (unless
+the caller can rebuild the file after a power loss: ``durable=False``), rename over
+the target. Below a trusted ``base`` no folder on the way may be a symbolic
 link (the synced tree is writable by others). Used by the status writer, ``cli``
 (submit, sign) and ``migrate`` (import).
 """
@@ -25,8 +26,12 @@ TEMP_PREFIX = f".~{APP}-"
 TEMP_SUFFIX = ".tmp"
 
 
-def atomic_write(path: Path, data: bytes, base: Path | None = None) -> None:
+def atomic_write(path: Path, data: bytes, base: Path | None = None,
+                 durable: bool = True) -> None:
     """Replace ``path`` with ``data``: temp file in the same folder, fsync, rename.
+
+    Without ``durable`` there is no fsync: a power loss may leave the old content or an
+    empty file (never a mix), for files their writer rebuilds (the status files).
 
     With ``base``, no folder between ``base`` and ``path`` may be a symbolic link: the
     synced tree is writable by others, and a link planted at ``status/HOST/nightly``
@@ -34,7 +39,7 @@ def atomic_write(path: Path, data: bytes, base: Path | None = None) -> None:
     walked with O_NOFOLLOW descriptors, so no race with the link's creation exists.
     """
     if base is not None and _DIR_FD:
-        _write_below(base, path, data)
+        _write_below(base, path, data, durable)
         return
     if base is not None:
         _check_no_links(base, path.parent)
@@ -44,7 +49,8 @@ def atomic_write(path: Path, data: bytes, base: Path | None = None) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -80,7 +86,7 @@ def _open_folder(base: Path, folder: Path, create: bool) -> int:
     return fd
 
 
-def _write_below(base: Path, path: Path, data: bytes) -> None:
+def _write_below(base: Path, path: Path, data: bytes, durable: bool) -> None:
     folder = _open_folder(base, path.parent, create=True)
     tmp = f"{TEMP_PREFIX}{secrets.token_hex(6)}{TEMP_SUFFIX}"
     try:
@@ -88,7 +94,8 @@ def _write_below(base: Path, path: Path, data: bytes) -> None:
         with os.fdopen(os.open(tmp, flags, 0o600, dir_fd=folder), "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.rename(tmp, path.name, src_dir_fd=folder, dst_dir_fd=folder)  # replaces on POSIX
     except BaseException:
         with contextlib.suppress(OSError):

@@ -96,7 +96,7 @@ def test_a_parent_waiting_too_long_is_replaced_so_its_run_id_still_says_when(
         second = runner.new_run_id(now + PARENT_AGE)
         assert second != first and len(carriers(second)) == 1
         wait_for(lambda: carriers(first) == [], what="the old parent to end")
-        assert not runner.script_path(first).exists()
+        assert not runner.exit_path(first).exists()
     finally:
         runner.close()
 
@@ -107,7 +107,7 @@ def test_close_ends_the_parent_and_leaves_nothing_behind(runner: LocalRunner) ->
     run_id = runner.new_run_id(now)
     assert len(carriers(run_id)) == 1
     runner.close()
-    assert carriers(run_id) == [] and not runner.script_path(run_id).exists()
+    assert carriers(run_id) == [] and not runner.exit_path(run_id).exists()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")

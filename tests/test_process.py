@@ -57,7 +57,7 @@ def launch(tmp_path: Path, *commands: str, **kw: Any) -> Launch:
     run_id = f"test-{uuid.uuid4().hex[:12]}"
     parent = None
     if AHEAD[0]:
-        parent = process.prepare(run_id, tmp_path / f"{run_id}.sh")
+        parent = process.prepare(run_id, tmp_path / "exit")
         if parent is not None:
             _parents.append(parent)
     return Launch(run_id=run_id, commands=commands, output_path=tmp_path / "out.log",
