@@ -80,7 +80,7 @@ class Daemon:
         self.jobs: dict[str, Job] = self.table.jobs  # the same dict, read only here
         self.writer = self.publisher.writer
         self.scanner = Scanner(settings.syncthing, self.publisher.status.root, self.wake.set)
-        self.writer.written = self.scanner.request  # results leave at once, not in 10 s
+        self.writer.written, self.writer.discard = self.scanner.request, self.runner.discard
         self.lifecycle = Lifecycle(settings)
         self.ledger: Ledger | None = None
         self.warnings: list[str] = []  # shown in host.yaml: what the owner should fix

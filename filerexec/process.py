@@ -315,10 +315,12 @@ def spawn(launch: Launch) -> Child:
             except OSError as e:  # it was killed meanwhile: start the usual way
                 logger.info("run %s: its waiting parent is gone (%s)", launch.run_id, e)
         parent.retire()
-    try:
-        launch.exit_path.unlink(missing_ok=True)  # an old record must not pass for this run's
+    try:  # an old record must not pass for this run's (a spare file is kept: emptied)
+        os.truncate(launch.exit_path, 0)
+    except FileNotFoundError:
+        pass
     except OSError as e:
-        raise SpawnError(f"cannot remove {launch.exit_path}: {e.strerror}") from e
+        raise SpawnError(f"cannot empty {launch.exit_path}: {e.strerror}") from e
     fd: int | None = None
     out: int | None = subprocess.DEVNULL  # POSIX: the waiting parent opens the output itself
     err: int | None = None  # (_WRAPPER); what it says before that goes to our log

@@ -33,6 +33,7 @@ from filerexec.machine import (
     Vanished,
 )
 from filerexec.output import Trimmer
+from filerexec.spares import SpareFiles
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,9 @@ class Runner(Protocol):
     def run_files(self, run_id: str) -> list[Path]:
         """Every file the run left, to delete once its result is published."""
 
+    def discard(self, path: Path) -> None:
+        """Delete one of ``run_files`` (its result is published), or keep it for reuse."""
+
     @property
     def busy(self) -> bool:
         """True while a run this runner started is still being waited for."""
@@ -116,6 +120,9 @@ class RunFiles:
     def run_files(self, run_id: str) -> list[Path]:
         return [self.output_path(run_id), self.exit_path(run_id)]
 
+    def discard(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+
 
 class LocalRunner(RunFiles):
     """Runs on this host: a process group per run, its output straight into a file."""
@@ -127,6 +134,7 @@ class LocalRunner(RunFiles):
         self.shell = shell  # of jobs that name none (None: process.default_shell())
         self.host = host
         self._trimmer = Trimmer(keep)  # a job printing without end must not fill the disk
+        self._spares = SpareFiles(runs_dir / "spare")  # finished runs' exit files, emptied
         self.procs = procs  # the process API: the real module, or a test's fake
         self._wake = wake
         self._children: dict[str, process.Started] = {}  # run id → child we spawned
@@ -147,6 +155,7 @@ class LocalRunner(RunFiles):
 
     def open(self) -> None:
         self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self._spares.open()
         # A daemon started from inside a job must not carry that job's mark.
         os.environ.pop(process.RUN_ID_VAR, None)
 
@@ -182,6 +191,7 @@ class LocalRunner(RunFiles):
         self._retired = [p for p in self._retired if not p.retire()]
         if self._parent is None and now >= self._next_prepare:
             run_id = new_run_id(now)
+            self._spares.take(self.exit_path(run_id))  # else prepare creates it
             self._parent = self.procs.prepare(run_id, self.exit_path(run_id))
             self._parent_since = now
             if self._parent is None:  # none can be (Windows, a test's processes): not each step
@@ -190,6 +200,12 @@ class LocalRunner(RunFiles):
             # Creating a file took ~0.9 ms here (ext4 in a VM, measured): not on the job's path.
             with contextlib.suppress(OSError):  # else its parent creates it (or says why not)
                 os.close(os.open(self.output_path(run_id), os.O_WRONLY | os.O_CREAT, 0o600))
+
+    def discard(self, path: Path) -> None:
+        if path.suffix == ".exit":
+            self._spares.put(path)
+        else:
+            path.unlink(missing_ok=True)
 
     def _retire(self, parent: process.Parent) -> None:
         """An unused waiting parent ends; so do the files made for its run."""
@@ -209,6 +225,8 @@ class LocalRunner(RunFiles):
         )
         if launch.parent is not None:
             self._parent = None  # used, or retired by spawn if it could not be
+        else:
+            self._spares.take(launch.exit_path)  # else the waiting parent creates it
         try:
             child = self.procs.spawn(launch)
         except Exception as e:

@@ -11,7 +11,6 @@ daemon rewrites wherever it differs, so a power loss costs them nothing lasting.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -137,6 +136,10 @@ MAX_FAILING = 20  # failing writes listed in host.yaml
 _JOB = "job "  # _failing's keys: "job NAME", or "index", "page", "host" (a job may be "index")
 
 
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
 def _why(e: OSError) -> str:
     """An error without its file name: a temp file's name is new at every try, and a log
     line that changes at every retry would be logged at every retry."""
@@ -171,6 +174,7 @@ class StatusWriter:
         self._failing: dict[str, str] = {}  # what failed (see _JOB), and how, as last logged
         self._thread: threading.Thread | None = None
         self.written: Callable[[], None] = lambda: None  # after a pass (syncthing.Scanner)
+        self.discard: Callable[[Path], None] = _unlink  # a forgotten run file (Runner.discard)
 
     def job(self, job: Job, conflicts: Iterable[str] = (), log: Path | None = None,
             forget: Iterable[Path] = ()) -> None:
@@ -336,6 +340,5 @@ class StatusWriter:
                 continue
             self._cleared(_JOB + name)
             for path in item.forget:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+                self.discard(path)
         return failed
