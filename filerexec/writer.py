@@ -126,12 +126,14 @@ class _JobWrite:
     conflicts: tuple[str, ...] = ()
     log: Path | None = None  # a run's raw output to copy into the synced log first
     forget: list[Path] = field(default_factory=list)  # run files to delete once written
+    due: float = 0.0  # monotonic time before which it is not written (a running job's)
 
 
 MAX_RETRY = 30.0  # seconds between attempts to write into a folder that stays broken
 GATHER = 0.005  # seconds from the first change queued to the pass that writes it (_gather)
 SHARE = 4  # under load the writer waits SHARE times as long as its last pass took (_gather)
 MAX_GATHER = 1.0  # seconds: the most a status lags behind the ledger under load
+RUNNING_DELAY = 0.5  # seconds a running job's status waits: most short jobs end meanwhile
 MAX_FAILING = 20  # failing writes listed in host.yaml
 _JOB = "job "  # _failing's keys: "job NAME", or "index", "page", "host" (a job may be "index")
 
@@ -150,8 +152,9 @@ class StatusWriter:
     """Writes ``status/HOST/`` on its own thread, so the daemon's loop never waits for fsync.
 
     The latest request per file wins: during a burst a job that went pending → running →
-    succeeded before the thread got to it is written once. Order per job is kept: its log,
-    then its status, then its raw run files are deleted. A failed write (disk full,
+    succeeded before the thread got to it is written once. A running job's status waits
+    ``RUNNING_DELAY`` from its start: a job that ends sooner is written once, finished.
+    Order per job is kept: its log, then its status, then its raw run files are deleted. A failed write (disk full,
     read-only) is logged and retried after ``retry`` seconds unless a newer one replaced it.
     ``inline`` writes on the caller's thread instead (tests that crash the daemon mid-write).
     """
@@ -167,7 +170,8 @@ class StatusWriter:
         self._other: dict[str, Callable[[], None]] = {}  # "index", "host": newest closure
         self._busy = False
         self._closed = False
-        self._hurry = False  # flush() is waiting: no gathering
+        self._flushing = 0  # callers waiting in flush(): everything is written at once
+        self._soonest = float("inf")  # the earliest ``due`` of the jobs queued
         self._last_pass = 0.0  # seconds the last pass took
         self._clean = True  # the last pass wrote everything it had
         self._delay = retry
@@ -200,10 +204,13 @@ class StatusWriter:
         if self.inline:
             return not self._pass()
         with self._cond:
-            self._hurry = True
+            self._flushing += 1
             self._cond.notify_all()
-            return self._cond.wait_for(lambda: not (self._jobs or self._other or self._busy),
-                                       timeout)
+            try:
+                return self._cond.wait_for(
+                    lambda: not (self._jobs or self._other or self._busy), timeout)
+            finally:
+                self._flushing -= 1
 
     def close(self, timeout: float = 30.0) -> bool:
         """Try once more to write what is queued, then stop; False if not everything was written."""
@@ -227,6 +234,10 @@ class StatusWriter:
                 new.conflicts = new.conflicts if new.job is not old.job else old.conflicts
                 new.log = new.log or old.log
                 new.forget = old.forget + new.forget
+            if new.job is not None and new.job.running:  # from its first running request
+                running_since = old.due if old is not None and old.due else None
+                new.due = running_since or time.monotonic() + RUNNING_DELAY
+            self._soonest = min(self._soonest, new.due)
             self._jobs[name] = new
             self._wake()
 
@@ -250,12 +261,14 @@ class StatusWriter:
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
-                self._cond.wait_for(lambda: self._jobs or self._other or self._closed)
+                while not (self._closed or self._other or (self._flushing and self._jobs)):
+                    if (left := self._soonest - time.monotonic()) <= 0:
+                        break
+                    self._cond.wait(None if left == float("inf") else left)
                 if self._closed and not (self._jobs or self._other):
                     return
                 self._busy = True
                 self._gather()
-                self._hurry = False
             started = time.monotonic()
             failed = self._pass()
             self._last_pass = time.monotonic() - started
@@ -278,13 +291,18 @@ class StatusWriter:
         about once each (finished), not once per state (up to ``MAX_GATHER``)."""
         wait = min(MAX_GATHER, max(GATHER, SHARE * self._last_pass))
         deadline = time.monotonic() + wait
-        while not (self._closed or self._hurry) and (left := deadline - time.monotonic()) > 0:
+        while not (self._closed or self._flushing) and (left := deadline - time.monotonic()) > 0:
             self._cond.wait(left)
 
     def _pass(self) -> bool:
-        """Write everything queued once; True if something failed (it stays queued)."""
+        """Write what is queued and due (all of it when closing or flushed) once; True if
+        something failed (it stays queued)."""
         with self._cond:
-            jobs, self._jobs = self._jobs, {}
+            now = None if self.inline or self._closed or self._flushing else time.monotonic()
+            jobs = {n: item for n, item in self._jobs.items() if now is None or item.due <= now}
+            for name in jobs:
+                del self._jobs[name]
+            self._soonest = min((item.due for item in self._jobs.values()), default=float("inf"))
             other, self._other = self._other, {}
         failed = self._write_jobs(jobs)
         for key, write in other.items():
