@@ -1,6 +1,7 @@
-"""Which ledger commits reach the disk before they return (issue 12): every one that an
-action follows, and a commit of what a spawn returned without its fsync — counted by tracing
-the real system calls of a real process, which then dies outright (nothing of it is lost)."""
+"""Which writes reach the disk before they return (issue 12): every ledger commit that an
+action follows, and a commit of what a spawn returned without its fsync; the synced logs,
+not the status files — counted by tracing the real system calls of a real process, which
+then dies outright where that matters (nothing of it is lost)."""
 
 from __future__ import annotations
 
@@ -69,3 +70,38 @@ def test_a_commit_that_cannot_begin_leaves_the_next_ones_durable(tmp_path: Path)
     finally:
         other.close()
         ledger.close()
+
+
+WRITE = """
+import os, sys
+from pathlib import Path
+from filerexec.machine import Job, State
+from filerexec.writer import StatusDir
+status = StatusDir(Path(sys.argv[1]), "h")
+out = Path(sys.argv[1]) / "run.out"
+out.write_bytes(b"hello\\n")
+os.write(1, b"MARK\\n")
+status.write_job(Job("a", state=State.SUCCEEDED, reason="exit code 0"))
+status.write_host({"host": "h"})
+os.write(1, b"MARK\\n")
+status.publish_log("a", out, 1024)
+os.write(1, b"MARK\\n")
+"""
+
+
+@traced
+def test_status_files_are_not_fsynced_the_log_is(tmp_path: Path) -> None:
+    """The status files are a view the next daemon rewrites; a log is the only copy of the
+    output once the run's raw file is deleted, so it reaches the disk first."""
+    (tmp_path / "status").mkdir()
+    out = subprocess.run(
+        ["strace", "-f", "-qq", "-e", "trace=fsync,fdatasync,write", "-s", "8", sys.executable,
+         "-c", WRITE, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    trace = out.stderr.split('"MARK\\n"')
+    assert len(trace) == 4, out.stderr[-2000:]
+    syncs = [sum(call in line for line in part.splitlines() for call in ("fsync(", "fdatasync("))
+             for part in trace[1:3]]
+    assert syncs == [0, 1]
+    assert (tmp_path / "status" / "h" / "a.log").read_bytes() == b"hello\n"
+    assert "succeeded" in (tmp_path / "status" / "h" / "a.yaml").read_text()

@@ -113,6 +113,70 @@ def test_status_file_identical_to_what_is_on_disk_is_not_rewritten(tmp_path: Pat
     assert status.write_job(_job("a", "other"))
 
 
+def test_a_status_deleted_behind_the_writers_back_is_written_again(tmp_path: Path) -> None:
+    status = StatusDir(tmp_path, "h")
+    assert status.write_job(_job("a", "same"))
+    status.job_path("a").unlink()  # e.g. deleted on the phone, synced here
+    assert status.write_job(_job("a", "same"))  # what it last wrote is checked on disk
+    assert yaml.safe_load(status.job_path("a").read_text())["reason"] == "same"
+
+
+def test_a_pending_or_running_status_waits_and_a_job_that_ends_is_written_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writer_module, "PASSING_DELAY", 60.0)
+    status = _BlockingStatus(tmp_path)
+    status.release.set()
+    writer = StatusWriter(status, log_cap=1024)
+    passes: list[int] = []
+    writer.written = lambda: passes.append(1)
+    writer.job(Job("a", state=State.PENDING, reason="waiting for a free slot"))
+    writer.job(Job("a", state=State.RUNNING, reason="running"))
+    writer.job(Job("b", state=State.RUNNING, reason="running"))
+    writer.job(_job("c", "exit code 0"))  # finished: written at once, without a and b
+    wait_for(lambda: passes, what="a pass")
+    assert status.written == ["exit code 0"] and not status.job_path("a").exists()
+    writer.job(_job("a", "exit code 0"))  # a ended within the delay: written once, finished
+    wait_for(lambda: len(passes) == 2, what="a second pass")
+    assert status.written == ["exit code 0"] * 2 and not status.job_path("b").exists()
+    assert writer.flush(10)  # a flush does not wait for the delay
+    assert status.written == ["exit code 0"] * 2 + ["running"]
+    writer.close()
+
+
+def test_a_long_running_jobs_status_is_written_once_the_delay_is_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writer_module, "PASSING_DELAY", 0.2)
+    writer = StatusWriter(StatusDir(tmp_path, "h"), log_cap=1024)
+    queued = time.monotonic()
+    writer.job(Job("a", state=State.RUNNING, reason="running"))
+    path = StatusDir(tmp_path, "h").job_path("a")
+    wait_for(path.exists, what="the running status")
+    assert time.monotonic() - queued >= 0.2
+    writer.close()
+
+
+def test_under_load_the_writer_waits_several_times_its_last_pass(tmp_path: Path) -> None:
+    """A pass that took long (a slow disk, a burst) is followed by a longer gathering, so the
+    writer takes a bounded share of the time from starting jobs."""
+    written: dict[str, float] = {}
+
+    class Slow(StatusDir):
+        def write_job(self, job: Job, conflicts: object = ()) -> bool:
+            if job.name == "slow":
+                time.sleep(0.1)
+            written[job.name] = time.monotonic()
+            return super().write_job(job)
+
+    writer = StatusWriter(Slow(tmp_path, "h"), log_cap=1024)
+    writer.job(_job("slow", "exit code 0"))
+    assert writer.flush(10)
+    queued = time.monotonic()
+    writer.job(_job("next", "exit code 0"))
+    wait_for(lambda: "next" in written, what="the next status")
+    assert written["next"] - queued >= writer_module.SHARE * 0.1 * 0.9
+    writer.close()
+
+
 def test_ledger_commits_only_changed_records_and_remembers_first_seen(tmp_path: Path) -> None:
     spec = parse_job(b"true", "a")
     job = Job("a", state=State.SUCCEEDED, version=Version(Readiness.VALID, spec, seen=123.0))
