@@ -196,6 +196,7 @@ class LocalRunner(RunFiles):
             self._parent_since = now
             if self._parent is None:  # none can be (Windows, a test's processes): not each step
                 self._next_prepare = now + PARENT_AGE
+                self.discard(self.exit_path(run_id))
                 return
             # Creating a file took ~0.9 ms here (ext4 in a VM, measured): not on the job's path.
             with contextlib.suppress(OSError):  # else its parent creates it (or says why not)
@@ -234,6 +235,9 @@ class LocalRunner(RunFiles):
             # ValueError) is still this one run's failure, never the loop's.
             message = str(e) if isinstance(e, process.SpawnError) else f"{type(e).__name__}: {e}"
             logger.warning("job %s could not start: %s", action.name, message)
+            if launch.parent is not None:
+                self._retire(launch.parent)  # its script (in the exit file) goes with it
+            self.discard(launch.exit_path)
             return Observed(action.name, SpawnFailed(message, now))
         logger.info("job %s started (run %s, pid %d)", action.name, run_id, child.handle.pid)
         self._children[run_id] = child

@@ -34,8 +34,10 @@ class SpareFiles:
     def open(self) -> None:
         """Make the folder; spares a previous daemon left are used again."""
         self.folder.mkdir(exist_ok=True)
+        with os.scandir(self.folder) as entries:
+            names = [e.name for e in entries if e.is_file(follow_symlinks=False)]
         with self._lock:
-            self._names = sorted(os.listdir(self.folder))
+            self._names = names
 
     def take(self, path: Path) -> bool:
         """Put an empty file at ``path`` (which must not exist) from the pool; False if

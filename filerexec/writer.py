@@ -358,6 +358,7 @@ class StatusWriter:
                 with self._cond:
                     newer = self._jobs.pop(name, None)
                     self._jobs[name] = item
+                    self._soonest = min(self._soonest, item.due)  # retried after the back-off
                     if newer is not None:  # a newer request came in: merge it over this one
                         self._queue_job(name, newer)  # (the condition's lock is reentrant)
                 continue

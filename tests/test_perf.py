@@ -113,6 +113,17 @@ def test_status_file_identical_to_what_is_on_disk_is_not_rewritten(tmp_path: Pat
     assert status.write_job(_job("a", "other"))
 
 
+def test_a_failed_write_is_retried_with_nothing_else_queued(tmp_path: Path) -> None:
+    status = _BlockingStatus(tmp_path)
+    status.release.set()
+    status.fail_once = True
+    writer = StatusWriter(status, log_cap=1024, retry=0.01)
+    writer.job(_job("a", "done"))  # no flush, no later request: the back-off alone retries
+    wait_for(status.job_path("a").exists, what="the retried write")
+    assert status.written == ["done"]
+    writer.close()
+
+
 def test_a_status_deleted_behind_the_writers_back_is_written_again(tmp_path: Path) -> None:
     status = StatusDir(tmp_path, "h")
     assert status.write_job(_job("a", "same"))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from filerexec import process
-from filerexec.machine import Exited, Observed, Run, Spawned, Start
+from filerexec.machine import Exited, Observed, Run, Spawned, SpawnFailed, Start
 from filerexec.runner import LocalRunner
 from filerexec.spares import SpareFiles
 from filerexec.spec import JobSpec
@@ -105,3 +105,27 @@ def test_an_old_record_at_a_runs_exit_path_never_passes_for_its_code(tmp_path: P
     child = process.spawn(launch)
     child.wait(10)
     assert process.read_exit(exit_path) == 4
+
+
+@pytest.mark.parametrize("ahead", [True, False], ids=["ahead", "usual"])
+def test_a_run_that_cannot_start_leaves_no_file_and_no_waiting_parent(
+        tmp_path: Path, ahead: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not ahead or os.name == "nt":
+        monkeypatch.setattr(process, "prepare", lambda run_id, script: None)
+    runner = LocalRunner(tmp_path / "runs", "h", lambda: None)
+    runner.open()
+    (tmp_path / "spare.exit").write_text("0\n")
+    runner.discard(tmp_path / "spare.exit")  # a spare, taken by the next run
+    now = time.time()
+    try:
+        runner.poll([], now)
+        run_id = runner.new_run_id(now)
+        spec = JobSpec("a", ("true",), cwd=str(tmp_path / "missing"))
+        (seen,) = runner.launch([Start("a", run_id, spec)], now)
+        assert isinstance(seen.event, SpawnFailed)
+        assert sorted(os.listdir(tmp_path / "runs")) == ["spare"]
+        # The usual way the spare goes back; ahead it goes with the retired parent's script.
+        kept = 0 if ahead and os.name != "nt" else 1
+        assert len(os.listdir(tmp_path / "runs" / "spare")) == kept
+    finally:
+        runner.close()
