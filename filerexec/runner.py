@@ -88,6 +88,7 @@ class Runner(Protocol):
 
 
 RUNS_DIR = "runs"  # each run's raw output and exit file, in the state directory
+EXIT_SUFFIX = ".exit"  # an exit file's: the one kind of run file kept as a spare (spares.py)
 
 
 def runner_for(settings: Settings, wake: Callable[[], None], procs: process.Api) -> Runner:
@@ -115,7 +116,7 @@ class RunFiles:
         return self.runs_dir / f"{run_id}.out"
 
     def exit_path(self, run_id: str) -> Path:
-        return self.runs_dir / f"{run_id}.exit"
+        return self.runs_dir / f"{run_id}{EXIT_SUFFIX}"
 
     def run_files(self, run_id: str) -> list[Path]:
         return [self.output_path(run_id), self.exit_path(run_id)]
@@ -203,7 +204,7 @@ class LocalRunner(RunFiles):
                 os.close(os.open(self.output_path(run_id), os.O_WRONLY | os.O_CREAT, 0o600))
 
     def discard(self, path: Path) -> None:
-        if path.suffix == ".exit":
+        if path.suffix == EXIT_SUFFIX:
             self._spares.put(path)
         else:
             path.unlink(missing_ok=True)

@@ -240,8 +240,8 @@ class StatusWriter:
                 new.log = new.log or old.log
                 new.forget = old.forget + new.forget
             if new.job is not None and new.job.state in _PASSING:  # from the first such request
-                since = old.due if old is not None and old.due else None
-                new.due = since or time.monotonic() + PASSING_DELAY
+                new.due = old.due if old is not None and old.due else (
+                    time.monotonic() + PASSING_DELAY)
             self._soonest = min(self._soonest, new.due)
             self._jobs[name] = new
             self._wake()
