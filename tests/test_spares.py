@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from filerexec.machine import Exited, Observed, Run, Spawned, SpawnFailed, Start
 from filerexec.runner import LocalRunner
 from filerexec.spares import SpareFiles
 from filerexec.spec import JobSpec
+from tests.test_ahead import carriers
 from tests.util import wait_for
 
 
@@ -69,32 +71,40 @@ def _run(runner: LocalRunner, name: str, command: str, now: float) -> tuple[Run,
     return run, seen[0].event.code
 
 
-@pytest.mark.parametrize("ahead", [True, False], ids=["ahead", "usual"])
-def test_the_next_run_records_its_code_in_the_last_runs_exit_file(
-        tmp_path: Path, ahead: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    if not ahead or os.name == "nt":
+@pytest.fixture(params=["ahead", "usual"])
+def ahead(request: pytest.FixtureRequest) -> bool:
+    """Whether runs start with a waiting parent started ahead (POSIX only) or the usual way."""
+    return request.param == "ahead" and os.name != "nt"
+
+
+@pytest.fixture
+def runner(ahead: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalRunner]:
+    if not ahead:
         monkeypatch.setattr(process, "prepare", lambda run_id, script: None)
-    runner = LocalRunner(tmp_path / "runs", "h", lambda: None)
-    runner.open()
+    r = LocalRunner(tmp_path / "runs", "h", lambda: None)
+    r.open()
+    yield r
+    r.close()
+
+
+def test_the_next_run_records_its_code_in_the_last_runs_exit_file(
+        runner: LocalRunner, tmp_path: Path) -> None:
     now = time.time()
-    try:
-        runner.poll([], now)  # (a parent ahead for the first run)
-        inodes = []
-        for code in (3, 5, 7):
-            run, recorded = _run(runner, "a", f"exit {code}", now)
-            assert recorded == code
-            assert runner.exit_path(run.run_id).read_bytes() == b"%d\n" % code
-            inodes.append(runner.exit_path(run.run_id).stat().st_ino)
-            for path in runner.run_files(run.run_id):  # its result is published
-                runner.discard(path)
-            spare = tmp_path / "runs" / "spare"
-            assert inodes[-1] in {(spare / n).stat().st_ino for n in os.listdir(spare)}
-            assert not runner.output_path(run.run_id).exists()  # outputs are never reused
-        # The usual way the next run takes the spare; ahead, the parent after the next one
-        # does (the next one's was made while this run was still being published).
-        assert inodes[-1] in inodes[:-1]
-    finally:
-        runner.close()
+    runner.poll([], now)  # (a parent ahead for the first run)
+    inodes = []
+    for code in (3, 5, 7):
+        run, recorded = _run(runner, "a", f"exit {code}", now)
+        assert recorded == code
+        assert runner.exit_path(run.run_id).read_bytes() == b"%d\n" % code
+        inodes.append(runner.exit_path(run.run_id).stat().st_ino)
+        for path in runner.run_files(run.run_id):  # its result is published
+            runner.discard(path)
+        spare = tmp_path / "runs" / "spare"
+        assert inodes[-1] in {(spare / n).stat().st_ino for n in os.listdir(spare)}
+        assert not runner.output_path(run.run_id).exists()  # outputs are never reused
+    # The usual way the next run takes the spare; ahead, the parent after the next one
+    # does (the next one's was made while this run was still being published).
+    assert inodes[-1] in inodes[:-1]
 
 
 def test_an_old_record_at_a_runs_exit_path_never_passes_for_its_code(tmp_path: Path) -> None:
@@ -107,25 +117,18 @@ def test_an_old_record_at_a_runs_exit_path_never_passes_for_its_code(tmp_path: P
     assert process.read_exit(exit_path) == 4
 
 
-@pytest.mark.parametrize("ahead", [True, False], ids=["ahead", "usual"])
 def test_a_run_that_cannot_start_leaves_no_file_and_no_waiting_parent(
-        tmp_path: Path, ahead: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    if not ahead or os.name == "nt":
-        monkeypatch.setattr(process, "prepare", lambda run_id, script: None)
-    runner = LocalRunner(tmp_path / "runs", "h", lambda: None)
-    runner.open()
+        runner: LocalRunner, ahead: bool, tmp_path: Path) -> None:
     (tmp_path / "spare.exit").write_text("0\n")
     runner.discard(tmp_path / "spare.exit")  # a spare, taken by the next run
     now = time.time()
-    try:
-        runner.poll([], now)
-        run_id = runner.new_run_id(now)
-        spec = JobSpec("a", ("true",), cwd=str(tmp_path / "missing"))
-        (seen,) = runner.launch([Start("a", run_id, spec)], now)
-        assert isinstance(seen.event, SpawnFailed)
-        assert sorted(os.listdir(tmp_path / "runs")) == ["spare"]
-        # The usual way the spare goes back; ahead it goes with the retired parent's script.
-        kept = 0 if ahead and os.name != "nt" else 1
-        assert len(os.listdir(tmp_path / "runs" / "spare")) == kept
-    finally:
-        runner.close()
+    runner.poll([], now)
+    run_id = runner.new_run_id(now)
+    spec = JobSpec("a", ("true",), cwd=str(tmp_path / "missing"))
+    (seen,) = runner.launch([Start("a", run_id, spec)], now)
+    assert isinstance(seen.event, SpawnFailed)
+    assert sorted(os.listdir(tmp_path / "runs")) == ["spare"]
+    # The usual way the spare goes back; ahead it goes with the retired parent's script.
+    kept = 0 if ahead else 1
+    assert len(os.listdir(tmp_path / "runs" / "spare")) == kept
+    wait_for(lambda: carriers(run_id) == [], what="the retired parent to end")
