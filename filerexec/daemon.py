@@ -14,7 +14,6 @@ and the lifecycle (lock, restarts, safe mode). None of them calls back into it.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import os
 import threading
@@ -41,7 +40,6 @@ from filerexec.machine import (
     Sweep,
     Timing,
     Vanished,
-    next_due,
     phase,
 )
 from filerexec.publisher import Publisher
@@ -203,21 +201,19 @@ class Daemon:
 
     def _launch_due(self, now: float) -> None:
         self.table.check_after(now)  # what each job's after: jobs allow, right before launching
-        active = self.table.active_jobs()
         hold = self.lifecycle.hold
         self._actions.extend(self.table.hold(hold))
-        free = self.settings.max_parallel - sum(1 for j in active if j.running)
+        free = self.settings.max_parallel - len(self.table.running_jobs())
         if free > 0 and hold is None:
-            due = heapq.nsmallest(free, (j for j in active if j.due), key=lambda j: (
-                j.version.seen if j.version and j.version.seen else 0, j.name))
+            due = self.table.first_due(free)
             self._observe(self.reconciler.recheck([j.name for j in due], now))  # signatures
             for job in due:
                 self._actions.extend(self.table.launch(job.name, self.runner.new_run_id(now), now))
         self._commit_and_act(now)
 
     def _publish(self, now: float) -> None:
-        running = [(j, self.runner.output_path(r.run_id)) for j in self.table.active_jobs()
-                   if j.running and (r := j.run) is not None]
+        running = [(j, self.runner.output_path(r.run_id)) for j in self.table.running_jobs()
+                   if (r := j.run) is not None]
         self.publisher.refresh_logs(running, now)
         self._forget_expired(now)
         self.publisher.publish(self.table.take_changed(), self.reconciler.conflicts,
@@ -313,9 +309,8 @@ class Daemon:
             deadlines.append(self.table.ledger_retry)
         deadlines.extend(self.reconciler.settling)
         deadlines.extend(self._retention_ends().values())
-        for job in self.table.active_jobs():
-            if (due := next_due(job, self.table.timing, now)) is not None:
-                deadlines.append(due)
+        if (timer := self.table.next_timer()) is not None:
+            deadlines.append(timer)
         if (polled := self.runner.next_due(running)) is not None:
             deadlines.append(polled)
         return min(deadlines)

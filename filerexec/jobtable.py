@@ -9,18 +9,21 @@ ledger error on the way (disk full, read-only, locked) is handled here, on one
 path: the change stays unsaved, no job is started on it, the problem is shown in
 ``ledger_problem`` and the commit is retried a little later.
 
-A step looks only at the *active* jobs (waiting, running, stopping, or missing),
-so it costs O(active), not O(all jobs): 10,000 finished jobs cost nothing per step.
+A step looks only at the jobs it has to: each job's timer, its place in the queue for a
+slot, whether it runs or waits for ``after:`` jobs are kept as it changes (``_track``), so
+a step costs what changed plus what is due, not O(jobs): 10,000 finished jobs cost
+nothing per step, and a burst of 10,000 waiting ones is not read through at every step.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from filerexec import after
 from filerexec.ledger import FileKey, Ledger
@@ -68,6 +71,50 @@ class _Silent:
 logger = logging.getLogger(__name__)
 
 LEDGER_RETRY = 1.0  # after a failed commit, wait this long before trying again
+K = TypeVar("K", float, tuple[float, str])
+
+
+class _Order(Generic[K]):
+    """Names by a key that changes, smallest first: a heap whose stale entries are skipped
+    (a change is one push; the k smallest cost O(k log n), not a pass over every name)."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, K] = {}
+        self._heap: list[tuple[K, str]] = []
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def set(self, name: str, key: K | None) -> None:
+        if key is None:
+            self._keys.pop(name, None)
+        elif self._keys.get(name) != key:
+            self._keys[name] = key
+            heapq.heappush(self._heap, (key, name))
+        if len(self._heap) > 2 * len(self._keys) + 64:  # mostly stale: rebuilt
+            self._heap = [(k, n) for n, k in self._keys.items()]
+            heapq.heapify(self._heap)
+
+    def first(self) -> K | None:
+        """The smallest key."""
+        while self._heap and self._keys.get(self._heap[0][1]) != self._heap[0][0]:
+            heapq.heappop(self._heap)
+        return self._heap[0][0] if self._heap else None
+
+    def smallest(self, limit: int | None = None, upto: K | None = None) -> list[str]:
+        """The names of the ``limit`` smallest keys, or of every key up to ``upto``; they
+        stay in the order."""
+        found: dict[str, K] = {}  # a name pushed twice with one key comes out once
+        while self._heap and (limit is None or len(found) < limit):
+            key, name = self._heap[0]
+            if upto is not None and key > upto:
+                break
+            heapq.heappop(self._heap)
+            if self._keys.get(name) == key:
+                found[name] = key
+        for name, key in found.items():
+            heapq.heappush(self._heap, (key, name))
+        return list(found)
 
 
 class JobTable:
@@ -78,7 +125,11 @@ class JobTable:
         self.notifier = notifier or _Silent()
         self._committed: dict[str, tuple[State, str | None]] = {}  # what is_news compares
         self.jobs: dict[str, Job] = {}
-        self.active: set[str] = set()  # not at rest: the only jobs a step looks at
+        self.active: set[str] = set()  # not at rest: the only jobs a step may look at
+        self._timers: _Order[float] = _Order()  # active jobs by when they need a Tick
+        self._queue: _Order[tuple[float, str]] = _Order()  # due jobs, first come first
+        self._running: set[str] = set()
+        self._after: set[str] = set()  # active jobs whose version names after: jobs
         self.deleted: set[str] = set()  # deleted jobs whose status waits for the retention
         self.changed: set[str] = set()  # jobs whose status file is out of date
         self.unsaved: set[str] = set()  # jobs whose ledger record is out of date
@@ -104,9 +155,20 @@ class JobTable:
     def active_jobs(self) -> list[Job]:
         return [j for n in self.active if (j := self.jobs.get(n)) is not None]
 
+    def running_jobs(self) -> list[Job]:
+        return [self.jobs[n] for n in self._running]
+
     def running(self) -> list[tuple[str, Run]]:
         """The running jobs' names and runs."""
-        return [(j.name, j.run) for j in self.active_jobs() if j.running and j.run]
+        return [(j.name, j.run) for j in self.running_jobs() if j.run]
+
+    def first_due(self, limit: int) -> list[Job]:
+        """Up to ``limit`` due jobs, the longest seen first (by name among equals)."""
+        return [self.jobs[n] for n in self._queue.smallest(limit)]
+
+    def next_timer(self) -> float | None:
+        """When the earliest active job's timer comes (``tick`` feeds it)."""
+        return self._timers.first()
 
     def apply(self, name: str, event: Event) -> list[Action]:
         """Feed one event to one job; the actions to carry out once committed."""
@@ -123,18 +185,17 @@ class JobTable:
     def tick(self, now: float) -> list[Action]:
         """Feed ``Tick`` to the jobs whose timer has come (the machine says when: ``next_due``)."""
         actions = []
-        for job in self.active_jobs():
-            due = next_due(job, self.timing, now)
-            if due is not None and due <= now:
-                actions.extend(self.apply(job.name, Tick(now)))
+        for name in self._timers.smallest(upto=now):
+            actions.extend(self.apply(name, Tick(now)))
         return actions
 
     def check_after(self, now: float) -> None:
         """Ask after.py about every request that waits for its ``after:`` jobs (or may be
         launched): the launch that follows sees what they allow now."""
-        for job in self.active_jobs():
+        for name in list(self._after):
+            job = self.jobs[name]
             if (checked := after.check(job, self.jobs, now)) is not None:
-                self.apply(job.name, checked)
+                self.apply(name, checked)
 
     def launch(self, name: str, run_id: str, now: float) -> list[Action]:
         """Grant a due job a slot; undone by ``undo_launch`` if it cannot be committed."""
@@ -236,24 +297,32 @@ class JobTable:
         the ledger (they are retried, and after a restart the retention ends again).
         """
         for name in names:
-            self.jobs.pop(name, None)
-            self.active.discard(name)
-            self.deleted.discard(name)
+            if (job := self.jobs.pop(name, None)) is not None:
+                self._track(name, replace(job, deleted=None), gone=True)
             self.changed.discard(name)
             self.unsaved.discard(name)
             self._removed.add(name)
 
-    def _track(self, name: str, job: Job) -> None:
-        if phase(job) is not Phase.IDLE or job.missing_since is not None \
-                or job.next_run is not None \
-                or job.after_wait:  # its slots come by Tick; its after: jobs may succeed
-            self.active.add(name)
-        else:
-            self.active.discard(name)
-        if job.deleted is not None:
-            self.deleted.add(name)
-        else:
-            self.deleted.discard(name)
+    def _track(self, name: str, job: Job, gone: bool = False) -> None:
+        """Keep the job's place in every set and order a step reads (``gone``: in none)."""
+        active = not gone and (
+            phase(job) is not Phase.IDLE or job.missing_since is not None
+            or job.next_run is not None
+            or job.after_wait)  # its slots come by Tick; its after: jobs may succeed
+        _put(self.active, name, active)
+        _put(self.deleted, name, job.deleted is not None)
+        _put(self._running, name, active and job.running and job.run is not None)
+        _put(self._after, name, active and bool(after.names(job)))
+        self._timers.set(name, next_due(job, self.timing) if active else None)
+        seen = job.version.seen if job.version and job.version.seen else 0.0
+        self._queue.set(name, (seen, name) if active and job.due else None)
+
+
+def _put(names: set[str], name: str, member: bool) -> None:
+    if member:
+        names.add(name)
+    else:
+        names.discard(name)
 
 
 def retention_end(job: Job, retention: float) -> float | None:

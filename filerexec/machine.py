@@ -284,11 +284,12 @@ def _expiry_due(job: Job) -> float | None:
     return spec.not_after.timestamp()
 
 
-def next_due(job: Job, timing: Timing, now: float) -> float | None:
+def next_due(job: Job, timing: Timing) -> float | None:
     """When the loop must next give ``job`` a Tick; None if no timer of its is set.
 
     The daemon asks this rather than knowing the rules: a timer added here wakes the
-    loop with no change elsewhere. A time at or before ``now`` means "tick it now".
+    loop with no change elsewhere. A time already past means "tick it now". It depends on
+    the job alone, so the job table keeps it with the job (jobtable.py).
     """
     times = (_deletion_due(job, timing), _escalation_due(job, timing), kills.retry_due(job),
              _timeout_due(job),

@@ -32,7 +32,7 @@ from filerexec import ledger as ledger_module
 from filerexec import process
 from filerexec.config import Settings
 from filerexec.daemon import Daemon
-from filerexec.machine import Job
+from filerexec.machine import Job, next_due
 from filerexec.spec import parse_job
 from filerexec.writer import StatusDir, StatusWriter
 
@@ -356,6 +356,18 @@ class DaemonModel(RuleBasedStateMachine):
         per_run = Counter(p.run_id for p in procs)
         assert max(per_run.values(), default=0) <= 1, per_run
         assert set(per_run) <= {r["run_id"] for r in runs}, "spawned before it was recorded"
+
+    @invariant()
+    def the_tables_kept_orders_say_what_a_pass_over_every_job_says(self) -> None:
+        table = self.daemon.table
+        active = [table.jobs[n] for n in table.active]
+        assert sorted(n for n, _ in table.running()) == sorted(
+            j.name for j in active if j.running and j.run)
+        timers = [t for j in active if (t := next_due(j, table.timing)) is not None]
+        assert table.next_timer() == min(timers, default=None)
+        due = sorted((j.version.seen if j.version and j.version.seen else 0.0, j.name)
+                     for j in active if j.due)
+        assert [j.name for j in table.first_due(len(due) + 1)] == [n for _, n in due]
 
     def _nonce(self, run: dict[str, Any]) -> str:
         return self.truth[run["digest"]][0]

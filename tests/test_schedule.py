@@ -122,7 +122,7 @@ def test_every_runs_now_then_once_per_slot_and_never_between() -> None:
     h.launch(100)
     assert h.job.run is not None and h.job.run.slot == 100
     finish(h, 0, 101)
-    assert h.job.state is State.SUCCEEDED and next_due(h.job, T, 101) == 110
+    assert h.job.state is State.SUCCEEDED and next_due(h.job, T) == 110
     doc = job_status(h.job, "pc")
     assert doc["schedule"] == "every 10s" and "next" in doc and doc["state"] == "succeeded"
     h(Tick(109.9))  # the fake clock before the slot: nothing happens
@@ -298,6 +298,6 @@ def test_a_rejected_reread_stops_the_schedule() -> None:
     h(FileRead(Version(Readiness.REJECTED, problem="signed with key 'laptop', which this host "
                        "does not trust (never installed, or revoked)"), 110))
     assert h.job.state is State.REJECTED and h.job.next_run is None
-    assert next_due(h.job, T, 110) is None  # no slot wakes it
+    assert next_due(h.job, T) is None  # no slot wakes it
     h(Tick(1000))
     assert h.launch(1000) == [] and len(h.starts) == 1
