@@ -8,7 +8,9 @@ capped tail with its "earlier bytes not shown" head, and what ``index.md``
 
 from __future__ import annotations
 
+import functools
 import heapq
+import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -39,7 +41,21 @@ def timestamp(t: float | None) -> str | None:
     """Local time with its offset, to the second: what a person reads on a phone."""
     if t is None:
         return None
+    second = math.floor(t)
+    if t - second < _CARRY:  # the microseconds datetime rounds to stay in this second
+        return _local_second(second)
+    return _local(t)
+
+
+def _local(t: float) -> str:
     return datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
+
+
+# Formatting cost ~7 µs (astimezone looks the zone up each time), and a status, index.md
+# and index.html show the same few seconds over and over: ~5 % of the daemon's interpreter
+# time in a burst (py-spy). A second's text is the same whichever instant in it is shown.
+_CARRY = 0.9999  # nearer the next second, datetime's rounding to microseconds may carry
+_local_second = functools.lru_cache(maxsize=4096)(_local)
 
 
 def shown(job: Job) -> tuple[State, str]:

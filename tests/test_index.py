@@ -3,10 +3,14 @@ jobs as index.html, and read back by the tests' one parser (tests/util.py)."""
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime
 from pathlib import Path
 
+import pytest
+
+from filerexec import render
 from filerexec.machine import Job, Readiness, Run, State, Version
 from filerexec.page import render_page
 from filerexec.render import PAGE_JOBS, left_out, timestamp
@@ -132,3 +136,11 @@ def test_the_readme_example_is_what_textindex_writes() -> None:
     when = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d\d:\d\d")
     assert when.sub("TIME", text) == when.sub("TIME", example)
     assert [_when(at[t]) for t in when.findall(example)] == when.findall(text)
+
+
+@pytest.mark.parametrize("t", [0.0, 1_796_300_000.0, 1_796_300_000.4, 1_796_300_000.99989,
+                               1_796_300_000.9999996, 1_796_300_059.99999, -1.5])
+def test_a_cached_second_reads_as_datetime_writes_it(t: float) -> None:
+    direct = datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
+    assert timestamp(t) == direct
+    assert timestamp(math.floor(t) + 0.5) == render._local(math.floor(t) + 0.5)
