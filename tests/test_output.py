@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from filerexec.output import SLACK, free_head
+from filerexec import output
+from filerexec.output import SLACK, TICK, Trimmer, free_head
 from filerexec.render import split_log
 from tests.conftest import Host
+from tests.util import wait_for
 
 MIB = 1024 * 1024
 
@@ -59,3 +61,24 @@ def test_a_job_printing_200_mb_leaves_a_few_log_caps_on_disk_and_its_tail(
     offset, tail = split_log((host.status_dir / "chatty.log").read_bytes())
     assert tail.endswith(b"x\nLAST LINE\n") and len(tail) <= MIB
     assert offset + len(tail) == chunks * chunk + len(b"LAST LINE\n")  # the count is true
+
+
+def test_the_trimmer_looks_every_tick_not_at_every_launch_or_step(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    looks: list[float] = []
+    monkeypatch.setattr(output, "free_head", lambda path, keep: looks.append(time.monotonic()))
+    trimmer = Trimmer(MIB)
+    path = tmp_path / "run.out"
+    watched = time.monotonic()
+    trimmer.watch(path)
+    wait_for(lambda: looks, what="the first look")
+    assert looks[0] >= watched + 0.9 * TICK  # a new output is empty: not read as its job starts
+    looks.clear()
+    start = time.monotonic()
+    for _ in range(100):  # a burst's launches and steps
+        trimmer.watch(path)
+        trimmer.only([path])
+        time.sleep(0.002)
+    elapsed = time.monotonic() - start
+    assert len(looks) <= elapsed / TICK + 2, f"{len(looks)} looks in {elapsed:.2f} s"
+    trimmer.only([])
