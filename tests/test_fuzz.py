@@ -25,6 +25,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from filerexec import render
+from filerexec.render import dump_yaml
 from filerexec.signing import Keyring, Rejected, admit, sign, split_signature
 from filerexec.spec import KEYS, MAX_JOB_BYTES, SpecError, parse_job
 
@@ -146,3 +148,27 @@ def test_parser_and_signature_check_only_raise_our_errors_and_are_fast(
     data = source.encode("utf-8", "surrogatepass") if isinstance(source, str) else source
     check_time(lambda: parse(source))
     check_time(lambda: check_signature(data))
+
+
+# --- dump_yaml: byte for byte yaml.dump ----------------------------------------------
+
+_TRICKY = ["yes", "No", "on", "off", "null", "~", "true", "1", "-1", "0x1F", "0o7", "017",
+           "1_000", "1.5", ".5", "1e3", "1.0e+3", ".inf", ".NaN", "12:30", "1:20:30.5",
+           "2026-12-03", "2026-12-03T17:48:25+00:00", "2026-12-03 17:48:25", "=", "<<",
+           "- a", "-a", "? a", ": a", "a: b", "a:b", "a #b", "a#b", "#a", "'a'", '"a"',
+           "@a", "`a", "a ", " a", "a  b", "%a", "!a", "&a", "*a", "|", ">", "[a]", "{a}",
+           "a,b", "a, b", "(a)", "/a/b", "./a", "a.", "a-", "é", "\u2028", "\ufeff", "\t",
+           "a\tb", "\x7f", "\x85", "a\nb", "x" * 300]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(
+    st.one_of(st.sampled_from(["job", "host", "state", "reason", "pid", "on", "y", "1",
+                               "a b", "é"]), st.text(max_size=8)),
+    st.one_of(st.integers(), st.sampled_from(_TRICKY), st.text(max_size=30),
+              st.text(alphabet="abc019 ./@()+,-_:#'\"", max_size=12),
+              st.none(), st.booleans(), st.floats(allow_nan=False),
+              st.lists(st.text(max_size=5), max_size=2)),
+    max_size=6))
+def test_dump_yaml_writes_what_yaml_dump_writes(doc: dict[str, object]) -> None:
+    assert dump_yaml(doc) == render._dump(doc).encode()
