@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 RUN_ID_VAR = "FILEREXEC_RUN_ID"
 _NT = os.name == "nt"
+_LINUX = sys.platform.startswith("linux")
+_TICKS = os.sysconf("SC_CLK_TCK") if _LINUX else 100  # /proc's unit of a start time
 _CREATE_NEW_PROCESS_GROUP = 0x00000200  # subprocess's constant exists only on Windows
 _START_TOLERANCE = 0.05  # seconds; psutil start times are clock-tick (10 ms) precise
 _OUT_FLAGS: int = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
@@ -252,6 +254,16 @@ def _sh_quote(text: str) -> str:
 
 def _started(pid: int) -> float:
     """psutil's start time of ``pid``; 0.0 if it has already ended (never alive again)."""
+    if _LINUX:  # psutil's own sum of two reads, at ~a third of its cost: once per spawn
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+            with open("/proc/stat", "rb") as f:
+                boot = next(line for line in f if line.startswith(b"btime "))
+            ticks = int(stat[stat.rfind(b")") + 2:].split()[19])
+            return ticks / _TICKS + float(boot.split()[1])
+        except (OSError, StopIteration, IndexError, ValueError):
+            pass  # gone, or not as expected: psutil says which
     try:
         return psutil.Process(pid).create_time()
     except psutil.Error:

@@ -458,3 +458,15 @@ def test_a_job_in_the_wrappers_own_shell_runs_in_a_fork_of_it_as_sh_c_would_run_
         (tmp_path / "out.log").unlink()
         code, out = run(launch(tmp_path, own, shell=bash))
         assert code == 0 and out.startswith(f"{bash} -c ")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
+def test_a_start_time_read_from_proc_is_the_one_psutil_gives(tmp_path: Path) -> None:
+    child = subprocess.Popen(["sleep", "5"])
+    try:
+        assert process._started(child.pid) == psutil.Process(child.pid).create_time()
+        assert process.alive(process.Handle(child.pid, process._started(child.pid)))
+    finally:
+        child.kill()
+        child.wait()
+    assert process._started(child.pid) == 0.0  # ended: never alive again
