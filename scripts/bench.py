@@ -181,6 +181,9 @@ class Baseline(Arm):
             self.proc = subprocess.Popen(["sh", "-c", self.LOOP, "baseline", str(self.jobs)],
                                          stdout=log, stderr=log, start_new_session=True)
 
+    def warmed_up(self) -> bool:
+        return self.job_state(f"warmup-{self.name}") == "succeeded"
+
     @property
     def pid(self) -> int:
         assert self.proc is not None
@@ -210,7 +213,10 @@ class CLoop(Baseline):
                                          stdout=log, stderr=log, start_new_session=True)
 
 
+@dataclass
 class Filerexec(Arm):
+    options: tuple[str, ...] = ()  # on top of the defaults (the unbounded arm's slots)
+
     def __post_init__(self) -> None:
         super().__post_init__()
         (self.root / "status").mkdir()
@@ -230,12 +236,15 @@ class Filerexec(Arm):
         """Start ``filerexec serve``; return the time it was started."""
         # The benchmark restarts the daemon on purpose, faster than a restart storm allows.
         argv = [sys.executable, "-m", "filerexec", "serve", str(self.root), "--host", HOST,
-                "--state-dir", str(self.state), "--storm-starts", "1000"]
+                "--state-dir", str(self.state), "--storm-starts", "1000", *self.options]
         t = time.time()
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log, cwd=ROOT,
                                          start_new_session=True)
         return t
+
+    def warmed_up(self) -> bool:
+        return self.job_state(f"warmup-{self.name}") == "succeeded"
 
     @property
     def pid(self) -> int:
@@ -470,14 +479,18 @@ def main(argv: list[str] | None = None) -> int:
     c_loop = CLoop("c-loop", tmp / "c")
     floors: list[Arm] = [base] if c_loop.unavailable else [base, c_loop]
     fx = Filerexec("filerexec", tmp / "fx")
+    # The bare loop starts every job at once; this arm too, where the default arm keeps
+    # to max_parallel 16: the burst's gap split into the slots' share and the rest.
+    wide = Filerexec("filerexec-unbounded", tmp / "wide", options=("--max-parallel", "100000"))
     many = Filerexec("filerexec-10k", tmp / "many")
     rows: list[tuple[str, str, str, str, str]] = []
     try:
         for floor in floors:
             floor.start()
         t_start = fx.start()
+        wide.start()
         # Warm up: every arm runs one job before anything is timed.
-        for arm in (*floors, fx):
+        for arm in (*floors, fx, wide):
             probe = f"warmup-{arm.name}"
             for _ in range(15):  # the watcher may not be armed yet: drop again
                 arm.drop(probe)
@@ -485,13 +498,14 @@ def main(argv: list[str] | None = None) -> int:
                     break
             else:
                 raise SystemExit(f"{arm.name} never ran a job (log: {arm.log})")
-        wait(lambda: fx.job_state(f"warmup-{fx.name}") == "succeeded", 20)
+        for daemon in (fx, wide):
+            wait(daemon.warmed_up, 20)
         _ = t_start
 
         lats: dict[str, list[float]] = {arm.name: [] for arm in (*floors, fx)}
         p50s: dict[str, list[float]] = {floor.name: [] for floor in floors}
         p95s: dict[str, list[float]] = {floor.name: [] for floor in floors}
-        bursts, burst_rows, burst_cpu = [], [], []
+        bursts, wides, burst_rows, burst_cpu = [], [], [], []
         for rep in range(args.repeat):
             lat = measure_latency([*floors, fx], fx, args.drops, f"lat{rep}-")
             for name, values in lat.items():
@@ -501,16 +515,17 @@ def main(argv: list[str] | None = None) -> int:
                                         / statistics.median(lat[floor.name]))
                 p95s[floor.name].append(pct(lat[fx.name], 0.95) / pct(lat[floor.name], 0.95))
             prefix = f"b{rep}-"
-            expected = fx.finished() + args.burst
-            order: list[Arm] = [base, fx] if rep % 2 == 0 else [fx, base]
+            expected = {d.name: d.finished() + args.burst for d in (fx, wide)}
+            order: list[Arm] = [base, fx, wide] if rep % 2 == 0 else [wide, fx, base]
             res: dict[str, tuple[float, float | None]] = {}
             for arm in order:
-                rec = fx.has_finished(expected) if arm is fx else None
+                rec = arm.has_finished(expected[arm.name]) if isinstance(arm, Filerexec) else None
                 ticks = cpu_ticks(fx.pid)
                 res[arm.name] = measure_burst(arm, args.burst, prefix, rec)
                 if arm is fx:  # the daemon's own CPU (all threads), per job of the burst
                     burst_cpu.append((cpu_ticks(fx.pid) - ticks) / CLK_TCK / args.burst)
             bursts.append(res["filerexec"][0] / res["baseline"][0])
+            wides.append(res[wide.name][0] / res["baseline"][0])
             burst_rows.append(res)
             if rep == 0:  # idle with the first burst's 1,000 finished jobs (+ the drops)
                 idle_row = measure_idle_row(base, fx, args)
@@ -535,6 +550,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((f"burst of {args.burst}: all ran, vs the bare loop", f"{wb:.2f} s",
                      f"{wf:.2f} s",
                      f"{wf / wb:.2f}x (runs {spread(bursts)})", verdict("burst", wf / wb)))
+        ww = statistics.median(r[wide.name][0] for r in burst_rows)
+        rows.append((f"burst of {args.burst}, max_parallel unbounded like the loop",
+                     f"{wb:.2f} s", f"{ww:.2f} s", f"{ww / wb:.2f}x (runs {spread(wides)})",
+                     "(info: the rest is the slots)"))
         done = statistics.median(r["filerexec"][1] or 0.0 for r in burst_rows)
         rows.append((f"burst of {args.burst}: all recorded finished", "", f"{done:.2f} s",
                      "", "(status + host.yaml)"))
@@ -544,13 +563,14 @@ def main(argv: list[str] | None = None) -> int:
                      "(info: where a burst goes)"))
 
         rows.append(idle_row)
-        ok = all(ran_once(base, f"b{r}-", args.burst) and ran_once(fx, f"b{r}-", args.burst)
+        ok = all(ran_once(arm, f"b{r}-", args.burst) for arm in (base, fx, wide)
                  for r in range(args.repeat))
         rows.append(("every burst job ran exactly once", "yes" if ran_once(
             base, "b0-", args.burst) else "NO", "yes" if ok else "NO", "", "must be yes"))
         rss = vm_hwm_mb(fx.pid)
         rows.append(("daemon peak RSS (VmHWM)", "", f"{rss:.1f} MB", "", verdict("rss", rss)))
         fx.stop()
+        wide.stop()
         for floor in floors:
             floor.stop()
 
@@ -595,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
                 trip, str) else trip
     finally:
         fx.stop()
+        wide.stop()
         for floor in floors:
             floor.stop()
         many.stop()
