@@ -629,7 +629,8 @@ def main(argv: list[str] | None = None) -> int:
     print("load average (1, 5, 15 min): at the start "
           f"{' '.join(f'{x:.2f}' for x in load_before)}, at the end "
           f"{' '.join(f'{x:.2f}' for x in load_after)}")
-    print(f"command: .venv/bin/python scripts/bench.py{' --quick' if args.quick else ''}")
+    given = sys.argv[1:] if argv is None else argv  # what was run, to run it again
+    print(f"command: .venv/bin/python scripts/bench.py {' '.join(given)}".rstrip())
     print()
     header = ("measure", "floor", "filerexec", "ratio", "target")
     table = [header, *rows]
