@@ -181,9 +181,6 @@ class Baseline(Arm):
             self.proc = subprocess.Popen(["sh", "-c", self.LOOP, "baseline", str(self.jobs)],
                                          stdout=log, stderr=log, start_new_session=True)
 
-    def warmed_up(self) -> bool:
-        return self.job_state(f"warmup-{self.name}") == "succeeded"
-
     @property
     def pid(self) -> int:
         assert self.proc is not None
