@@ -298,7 +298,7 @@ class JobTable:
         """
         for name in names:
             if (job := self.jobs.pop(name, None)) is not None:
-                self._track(name, replace(job, deleted=None), gone=True)
+                self._track(name, job, gone=True)
             self.changed.discard(name)
             self.unsaved.discard(name)
             self._removed.add(name)
@@ -310,7 +310,7 @@ class JobTable:
             or job.next_run is not None
             or job.after_wait)  # its slots come by Tick; its after: jobs may succeed
         _put(self.active, name, active)
-        _put(self.deleted, name, job.deleted is not None)
+        _put(self.deleted, name, not gone and job.deleted is not None)
         _put(self._running, name, active and job.running and job.run is not None)
         _put(self._after, name, active and bool(after.names(job)))
         self._timers.set(name, next_due(job, self.timing) if active else None)

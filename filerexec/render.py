@@ -185,7 +185,7 @@ def _scalar(value: Any) -> str:
 @functools.lru_cache(maxsize=4096)  # the same few timestamps and reasons, over and over
 def _quoted(value: str) -> str:
     text = _dump(value).removesuffix("\n")
-    if "\n" in text or text.endswith("..."):
+    if "\n" in text:  # folded, or followed by the pure-Python dumper's "..." end marker
         raise _NotFlat
     return text
 
