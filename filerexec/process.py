@@ -307,12 +307,13 @@ def spawn(launch: Launch) -> Child:
     if not os.path.isdir(cwd):
         what = "is not a directory" if os.path.exists(cwd) else "does not exist"
         raise SpawnError(f"working directory {launch.cwd or cwd} {what}")
-    env = {**os.environ, **launch.env, RUN_ID_VAR: launch.run_id}
     argv = script(launch.commands, launch.shell)
-    found = shutil.which(os.path.expanduser(argv[0]), path=env.get("PATH"))
-    if found is None:
-        raise SpawnError(f"shell '{launch.shell or argv[0]}' not found")
-    argv[0] = found
+    if argv[0] != _WRAPPER_SHELL:  # the wrapper's own shell: if it were missing, nothing starts
+        path = launch.env.get("PATH", os.environ.get("PATH"))
+        found = shutil.which(os.path.expanduser(argv[0]), path=path)
+        if found is None:
+            raise SpawnError(f"shell '{launch.shell or argv[0]}' not found")
+        argv[0] = found
     if not launch.exit_path.parent.is_dir():
         raise SpawnError(f"state directory {launch.exit_path.parent} does not exist")
     parent = launch.parent if launch.parent and launch.parent.run_id == launch.run_id else None
@@ -342,6 +343,7 @@ def spawn(launch: Launch) -> Child:
         err = fd if launch.stderr else subprocess.DEVNULL
     try:
         command, group = _command(argv, launch)
+        env = {**os.environ, **launch.env, RUN_ID_VAR: launch.run_id}  # a parent has its own
         popen = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                  cwd=cwd, env=env, **group)
     except OSError as e:
