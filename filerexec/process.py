@@ -308,7 +308,7 @@ def spawn(launch: Launch) -> Child:
         what = "is not a directory" if os.path.exists(cwd) else "does not exist"
         raise SpawnError(f"working directory {launch.cwd or cwd} {what}")
     argv = script(launch.commands, launch.shell)
-    if argv[0] != _WRAPPER_SHELL:  # the wrapper's own shell: if it were missing, nothing starts
+    if _NT or argv[0] != _WRAPPER_SHELL:  # POSIX's wrapper shell: if missing, nothing starts
         path = launch.env.get("PATH", os.environ.get("PATH"))
         found = shutil.which(os.path.expanduser(argv[0]), path=path)
         if found is None:
@@ -334,6 +334,7 @@ def spawn(launch: Launch) -> Child:
         pass
     except OSError as e:
         raise SpawnError(f"cannot empty {launch.exit_path}: {e.strerror}") from e
+    env = {**os.environ, **launch.env, RUN_ID_VAR: launch.run_id}  # a waiting parent has its own
     fd: int | None = None
     out: int | None = subprocess.DEVNULL  # POSIX: the waiting parent opens the output itself
     err: int | None = None  # (_WRAPPER); what it says before that goes to our log
@@ -343,7 +344,6 @@ def spawn(launch: Launch) -> Child:
         err = fd if launch.stderr else subprocess.DEVNULL
     try:
         command, group = _command(argv, launch)
-        env = {**os.environ, **launch.env, RUN_ID_VAR: launch.run_id}  # a parent has its own
         popen = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                  cwd=cwd, env=env, **group)
     except OSError as e:
